@@ -1,0 +1,209 @@
+"""The ``cascade`` command. Thin: parse, build a config, call the library.
+
+Every subcommand takes an optional YAML config (``--config``), flags for the common
+settings, and trailing ``key=value`` overrides (``train.lr=2e-4``). Errors a user can act
+on (``CascadeError``) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cascade.errors import CascadeError
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _csv_float(value: str) -> list[float]:
+    out = []
+    for v in _csv(value):
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    return out
+
+
+def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The flags the user actually gave (None = not given), as config keys."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) not in (None, False)}
+
+
+# -- evaluate -------------------------------------------------------------------------------
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="compare methods on datasets and scales (PSNR, SSIM, ...)",
+                       description="Evaluate methods x datasets x scales; writes OUT/results.jsonl "
+                                   "and OUT/summary.csv and prints the summary.")
+    p.add_argument("--config", help="YAML config (configs/eval/*.yaml)")
+    p.add_argument("--methods", type=_csv, help="comma-separated, e.g. bicubic,lainr")
+    p.add_argument("--data", type=_csv, help="set5,set14,bsd68,builtin or paths")
+    p.add_argument("--scales", type=_csv_float, help="e.g. 2,3,4 or 2.5")
+    p.add_argument("--metrics", type=_csv, help="e.g. psnr,ssim,lr_psnr")
+    p.add_argument("--checkpoint", help="checkpoint folder for the learned method (lainr)")
+    p.add_argument("--out", help="output folder (default outputs/eval)")
+    p.add_argument("--device", help="cpu (default), cuda or auto")
+    p.add_argument("--save-images", dest="save_images", action="store_true",
+                   help="write every output image under OUT/images/")
+    p.add_argument("--no-resume", dest="no_resume", action="store_true",
+                   help="recompute rows already in results.jsonl")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from cascade.config import load_config
+    from cascade.evaluation.run import EvalConfig, evaluate, format_table, summarize
+
+    extra = _flags(args, ["methods", "data", "scales", "metrics", "out", "device", "save_images"])
+    if args.no_resume:
+        extra["resume"] = False
+    if args.checkpoint:
+        methods = extra.get("methods") or ["lainr"]
+        learned = [m for m in methods if m != "bicubic"]
+        extra["settings"] = {m: {"checkpoint": args.checkpoint} for m in learned}
+    cfg = load_config(EvalConfig, args.config, args.overrides, extra)
+    rows = evaluate(cfg)
+    scales = [float(s) for s in cfg.scales]
+    summary = [e for e in summarize(rows) if e["scale"] in scales]
+    print(format_table(summary, list(cfg.metrics)))
+    print(f"\nresults: {cfg.out}/results.jsonl  summary: {cfg.out}/summary.csv")
+    return 0
+
+
+# -- train ----------------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a stage (same as: accelerate launch -m cascade.train)",
+                       description="Train the stage named in CONFIG (stage: lainr | sr3). "
+                                   "Multi-GPU: accelerate launch -m cascade.train CONFIG ...")
+    p.add_argument("config", help="YAML config, e.g. configs/lainr.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=500")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from cascade.train import train
+
+    path = train(args.config, args.overrides)
+    print(f"train: inference checkpoint at {path}")
+    return 0
+
+
+# -- upscale --------------------------------------------------------------------------------
+
+def _add_upscale(sub) -> None:
+    p = sub.add_parser("upscale", help="upscale images to any scale or size",
+                       description="Upscale INPUT files (files, folders or globs). Writes "
+                                   "OUT/NAME_x{S}.png and OUT/run.json.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--scale", help="any real scale >= 1, e.g. 4 or 2.5")
+    p.add_argument("--size", help="exact output size WIDTHxHEIGHT")
+    p.add_argument("--stages", default="inr", choices=["inr", "bicubic"],
+                   help="which stages run (inr: the LAINR stage; bicubic: the baseline)")
+    p.add_argument("--checkpoint", default="checkpoints/lainr", help="LAINR checkpoint folder")
+    p.add_argument("--out", default="outputs/upscale", help="output folder")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.set_defaults(run=_run_upscale)
+
+
+def _run_upscale(args: argparse.Namespace) -> int:
+    from cascade.upscale import upscale_files
+
+    failures = upscale_files(args.inputs, scale=args.scale, size=args.size, stages=args.stages,
+                             checkpoint=args.checkpoint, out=args.out, device=args.device)
+    return 1 if failures else 0
+
+
+# -- diagnose -------------------------------------------------------------------------------
+
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser("diagnose", help="diagnostics (spectrum: true SR or resampling?)")
+    dsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    s = dsub.add_parser("spectrum", help="radially averaged power spectra vs ground truth",
+                        description="Degrade each IMAGE by SCALE, upscale it with each method, and "
+                                    "compare power spectra with the original: the high-frequency "
+                                    "energy above the LR Nyquist frequency, relative to ground truth.")
+    s.add_argument("inputs", nargs="+", metavar="IMAGE", help="ground-truth images (files, folders)")
+    s.add_argument("--scale", type=float, default=4.0)
+    s.add_argument("--methods", type=_csv, default=["bicubic", "lainr"])
+    s.add_argument("--checkpoint", default="checkpoints/lainr")
+    s.add_argument("--out", default="outputs/spectrum")
+    p.set_defaults(run=_run_diagnose)
+
+
+def _run_diagnose(args: argparse.Namespace) -> int:
+    from cascade.evaluation.diagnose import spectrum_report
+
+    print(spectrum_report(args.inputs, scale=args.scale, methods=args.methods,
+                          checkpoint=args.checkpoint, out=args.out))
+    return 0
+
+
+# -- compare --------------------------------------------------------------------------------
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="side-by-side crops: ground truth vs methods",
+                       description="Degrade each IMAGE by SCALE, upscale it with each method and "
+                                   "write a PNG of the most detailed crop, side by side.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE")
+    p.add_argument("--scale", type=float, default=4.0)
+    p.add_argument("--methods", type=_csv, default=["bicubic", "lainr"])
+    p.add_argument("--checkpoint", default="checkpoints/lainr")
+    p.add_argument("--crop", type=int, default=96, help="crop size in HR pixels")
+    p.add_argument("--out", default="outputs/compare")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from cascade.data.sources import expand_inputs
+    from cascade.evaluation.figures import compare_figure
+    from cascade.pipeline import check_scale
+
+    files = compare_figure(expand_inputs(args.inputs), check_scale(args.scale), args.methods,
+                           args.checkpoint, args.out, crop=args.crop)
+    for f in files:
+        print(f)
+    return 0
+
+
+# -- main -----------------------------------------------------------------------------------
+
+SUBCOMMANDS: list[Callable] = [_add_evaluate, _add_train, _add_upscale, _add_diagnose, _add_compare]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascade", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _version() -> str:
+    from cascade import __version__
+
+    return f"cascade {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except CascadeError as e:
+        print(f"cascade {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cascade {args.command}: interrupted; finished results are saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

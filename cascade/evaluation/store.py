@@ -1,0 +1,96 @@
+"""The results store: ``results.jsonl``, one JSON object per method x settings x dataset x
+scale x image, appended as each row finishes.
+
+Appends hold an exclusive ``fcntl`` lock and end with fsync, so two evaluations writing the
+same store at once lose nothing and a killed run leaves no torn line (a torn last line, if
+the machine itself died mid-write, is skipped on reading with a warning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+try:  # POSIX file locks; on other systems appends are still line-atomic in practice.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+KEY_FIELDS = ("method", "settings", "dataset", "scale", "image")
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """Identity of a row: re-running the same evaluation skips rows with a known key."""
+    return (
+        row["method"],
+        json.dumps(row.get("settings") or {}, sort_keys=True),
+        row["dataset"],
+        float(row["scale"]),
+        row["image"],
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no inf/nan: store them as strings that read back as floats.
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    return value
+
+
+@contextlib.contextmanager
+def _locked(f) -> Iterator[None]:
+    if fcntl is not None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class ResultsStore:
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps({k: _jsonable(v) for k, v in row.items()}, sort_keys=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f, _locked(f):
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def extend(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.append(row)
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        with open(self.path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    warnings.warn(f"{self.path}:{n}: skipping a torn line", stacklevel=2)
+                    continue
+                out.append({k: _from_json(v) for k, v in row.items()})
+        return out
+
+    def keys(self) -> set[tuple]:
+        return {row_key(r) for r in self.rows()}

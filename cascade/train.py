@@ -1,0 +1,318 @@
+"""One thin trainer for every stage, driven by ``accelerate``.
+
+    accelerate launch -m cascade.train configs/lainr.yaml train.steps=5000
+    cascade train configs/lainr.yaml resume=auto
+
+A *task* (registered in ``cascade.registry.TASKS`` by each stage: ``lainr``, ``sr3``)
+supplies the typed config, the model, batches, the loss and validation; this module owns
+everything else: optimizer and schedule, gradient accumulation and clipping, EMA
+(diffusers ``EMAModel``), mixed precision (bf16 autocast on CUDA only), logging
+(TensorBoard through accelerate's trackers, tqdm), validation, atomic checkpoints and
+``resume=auto``.
+
+Batches are a pure function of ``(seed, step, micro-batch, rank)``, so a resumed run draws
+exactly the batches the uninterrupted run would have drawn, and each rank of a
+multi-process run draws its own shard. Checkpoints (``OUT/checkpoints/step_N/``) are
+written by ``accelerator.save_state`` into a temporary folder that is renamed into place
+once complete; ``OUT/model/`` always holds the latest EMA weights as an inference
+checkpoint (``cascade.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from cascade.atomic import atomic_write_text
+from cascade.checkpoint import save_checkpoint
+from cascade.config import load_config, save_config
+from cascade.errors import CascadeError, ConfigError
+from cascade.registry import TASKS
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class Task(Protocol):
+    """What a stage provides to the trainer (see ``cascade/inr/task.py``)."""
+
+    config_cls: type
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def batch(self, step: int, micro: int, rank: int, device: torch.device) -> dict: ...
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]: ...
+
+
+def _import_tasks() -> None:
+    import importlib
+
+    for module in ("cascade.inr.task", "cascade.diffusion.task"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+
+
+def load_train_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Read ``stage`` from the file (or a ``stage=`` override), then load that stage's schema."""
+    _import_tasks()
+    stage = None
+    for item in overrides:
+        if item.startswith("stage="):
+            stage = item.split("=", 1)[1]
+    if stage is None and path is not None and Path(path).is_file():
+        stage = OmegaConf.load(path).get("stage")
+    if stage is None:
+        raise ConfigError(f"no 'stage' in {path}; add e.g. 'stage: lainr' "
+                          f"(known: {', '.join(TASKS.names())})")
+    return load_config(TASKS.get(stage).config_cls, path, overrides)
+
+
+# -- learning-rate schedule ------------------------------------------------------------------
+
+def lr_lambda(cfg) -> Any:
+    """Linear warm-up, then cosine (to min_lr_ratio), step decay or constant."""
+
+    def f(step: int) -> float:
+        if cfg.warmup > 0 and step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if cfg.schedule == "cosine":
+            t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        if cfg.schedule == "step":
+            return cfg.step_gamma ** sum(step >= m for m in cfg.step_milestones)
+        if cfg.schedule == "constant":
+            return 1.0
+        raise ConfigError(f"train.schedule={cfg.schedule!r}; use cosine, step or constant")
+
+    return f
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Complete training checkpoints under OUT/checkpoints, oldest first."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and (p / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def resolve_resume(out: Path, resume: str) -> Path | None:
+    if resume in ("", "none", "no", "false", "False"):
+        return None
+    if resume == "auto":
+        ckpts = list_checkpoints(out)
+        return ckpts[-1][1] if ckpts else None
+    p = Path(resume)
+    if not (p / "trainer_state.json").is_file():
+        raise CascadeError(f"resume={resume!r} is not a training checkpoint folder "
+                           "(expected OUT/checkpoints/step_N); use resume=auto")
+    return p
+
+
+@dataclass
+class Trainer:
+    cfg: DictConfig
+
+    def run(self) -> Path:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from diffusers.training_utils import EMAModel
+
+        cfg, loop = self.cfg, self.cfg.train
+        out = Path(cfg.out)
+        if loop.threads:
+            torch.set_num_threads(loop.threads)
+        mp = loop.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if torch.cuda.is_available() else "no"
+        accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=loop.grad_accum,
+                                  log_with="tensorboard", project_dir=str(out))
+        set_seed(loop.seed)
+        main = accelerator.is_main_process
+        task = TASKS.get(cfg.stage)(cfg)
+        model = task.build_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, betas=tuple(loop.betas),
+                                      weight_decay=loop.weight_decay)
+        # Stepped by hand once per optimizer step (accelerate's wrapper would step it
+        # once per process).
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(loop))
+        model, optimizer = accelerator.prepare(model, optimizer)
+        raw = accelerator.unwrap_model(model)
+        ema = EMAModel(raw.parameters(), decay=loop.ema_decay)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(scheduler, ema)
+
+        step = 0
+        start = resolve_resume(out, cfg.resume)
+        if start is not None:
+            accelerator.load_state(str(start))
+            step = json.loads((start / "trainer_state.json").read_text())["step"]
+            if main:
+                print(f"train: resumed from {start} at step {step}", file=sys.stderr)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        accelerator.init_trackers(cfg.stage, config=_flat_scalars(cfg))
+        n_params = sum(p.numel() for p in raw.parameters())
+        if main:
+            eff = loop.batch_size * loop.grad_accum * accelerator.num_processes
+            print(f"train: stage={cfg.stage} params={n_params:,} device={accelerator.device} "
+                  f"precision={mp} processes={accelerator.num_processes} "
+                  f"batch={loop.batch_size}x{loop.grad_accum} accum -> effective {eff}",
+                  file=sys.stderr)
+            accelerator.log({"effective_batch_size": eff, "grad_accum": loop.grad_accum}, step=step)
+
+        bar = tqdm(total=loop.steps, initial=step, desc=f"train {cfg.stage}", disable=not main,
+                   dynamic_ncols=True)
+        nonfinite, t_last, seen = 0, time.perf_counter(), 0
+        model.train()
+        while step < loop.steps:
+            logs: dict[str, float] = {}
+            skipped = False
+            for micro in range(loop.grad_accum):
+                batch = task.batch(step, micro, accelerator.process_index, accelerator.device)
+                with accelerator.accumulate(model), accelerator.autocast():
+                    loss, logs = task.loss(model, batch)
+                    if not torch.isfinite(loss.detach()).all():
+                        skipped = True
+                    else:
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and loop.grad_clip > 0:
+                            logs["grad_norm"] = float(
+                                accelerator.clip_grad_norm_(model.parameters(), loop.grad_clip))
+                        if not skipped:
+                            optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                seen += loop.batch_size
+            if skipped:
+                optimizer.zero_grad(set_to_none=True)
+                nonfinite += 1
+                warnings.warn(f"step {step}: non-finite loss, step skipped "
+                              f"({nonfinite}/{loop.max_nonfinite} in a row)", stacklevel=1)
+                if nonfinite >= loop.max_nonfinite:
+                    last = list_checkpoints(out)
+                    where = last[-1][1] if last else "none"
+                    raise CascadeError(f"training stopped: {nonfinite} non-finite losses in a row; "
+                                       f"last good checkpoint: {where}; lower train.lr")
+            else:
+                nonfinite = 0
+                ema.step(raw.parameters())
+            scheduler.step()
+            step += 1
+            bar.update()
+            if main and (step % loop.log_every == 0 or step == loop.steps):
+                dt = time.perf_counter() - t_last
+                logs.update(lr=scheduler.get_last_lr()[0], samples_per_s=seen / max(dt, 1e-9))
+                t_last, seen = time.perf_counter(), 0
+                accelerator.log(logs, step=step)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "lr")})
+            if loop.val_every and (step % loop.val_every == 0 or step == loop.steps):
+                self._validate(accelerator, task, raw, ema, step)
+            if step % loop.ckpt_every == 0 or step == loop.steps:
+                self._checkpoint(accelerator, raw, ema, step)
+        bar.close()
+        accelerator.end_training()
+        return out / "model"
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _validate(self, accelerator, task, raw, ema, step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        ema.store(raw.parameters())
+        ema.copy_to(raw.parameters())
+        raw.eval()
+        with torch.no_grad():
+            metrics = task.validate(raw)
+        raw.train()
+        ema.restore(raw.parameters())
+        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        tqdm.write("val step {}: {}".format(step, "  ".join(f"{k}={v:.3f}" for k, v in metrics.items())))
+
+    def _checkpoint(self, accelerator, raw, ema, step: int) -> None:
+        out = Path(self.cfg.out)
+        final = out / "checkpoints" / f"step_{step:07d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step}) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for _, old in list_checkpoints(out)[: -self.cfg.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            # The inference checkpoint: EMA weights + the resolved config.
+            ema.store(raw.parameters())
+            ema.copy_to(raw.parameters())
+            save_checkpoint(out / "model", raw.state_dict(), self.cfg, self.cfg.stage, step)
+            ema.restore(raw.parameters())
+        accelerator.wait_for_everyone()
+
+
+def _flat_scalars(cfg: DictConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif isinstance(node, (int, float, str, bool)):
+            flat[prefix[:-1]] = node
+        elif isinstance(node, list):
+            flat[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def train(config: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Path:
+    """Train the stage described by ``config``; returns the inference checkpoint folder."""
+    return Trainer(load_train_config(config, overrides)).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip().splitlines()[0])
+        print("usage: python -m cascade.train CONFIG.yaml [key=value ...]")
+        return 0 if argv else 2
+    try:
+        path = train(argv[0], argv[1:])
+    except CascadeError as e:
+        print(f"cascade train: error: {e}", file=sys.stderr)
+        return 2
+    print(f"train: inference checkpoint at {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
