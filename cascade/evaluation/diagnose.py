@@ -25,6 +25,7 @@ def spectrum_report(inputs: list[str], scale: float, methods: list[str], checkpo
     from cascade.data.io import load_image
     from cascade.data.sources import expand_inputs
     from cascade.evaluation.methods import make_method
+    from cascade.evaluation.figures import save_figure
     from cascade.metrics.spectrum import hf_energy, radial_power_spectrum
     from cascade.pipeline import check_scale
 
@@ -59,11 +60,7 @@ def spectrum_report(inputs: list[str], scale: float, methods: list[str], checkpo
     ax.set_title(f"Power spectra, {len(files)} image(s), x{scale:g}")
     ax.legend()
     fig.tight_layout()
-    plot = out_dir / f"spectrum_x{scale:g}.png"
-    tmp = plot.with_name(f".{plot.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(plot)
+    plot = save_figure(fig, out_dir / f"spectrum_x{scale:g}.png")
 
     lines = [f"high-frequency energy above the LR Nyquist frequency ({cutoff:.3f} cycles/px), "
              f"relative to ground truth, x{scale:g}, {len(files)} image(s):"]

@@ -12,6 +12,18 @@ import torch
 import torch.nn.functional as F
 
 
+def save_figure(fig, dest: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from cascade.atomic import atomic_write
+
+    with atomic_write(dest) as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return dest
+
+
 def detailed_window(img: torch.Tensor, crop: int) -> tuple[int, int]:
     """Top-left (y, x) of the crop x crop window with the most Laplacian energy in img (3,H,W)."""
     gray = img.mean(0, keepdim=True)[None]  # (1, 1, H, W)
@@ -60,10 +72,5 @@ def compare_figure(files: list[Path], scale: float, methods: list[str], checkpoi
         fig.suptitle(f"{Path(f).stem}, x{scale:g} (crop {c}x{c} at y={y}, x={x}; "
                      "PSNR-Y of the whole image)", fontsize=9)
         fig.tight_layout()
-        dest = out_dir / f"{Path(f).stem}_x{scale:g}.png"
-        tmp = dest.with_name(f".{dest.stem}.tmp.png")
-        fig.savefig(tmp)
-        plt.close(fig)
-        tmp.replace(dest)
-        written.append(dest)
+        written.append(save_figure(fig, out_dir / f"{Path(f).stem}_x{scale:g}.png"))
     return written
