@@ -52,8 +52,8 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
             with torch.no_grad():
                 sr = method(img[None].to(dev), (H, W))
             seconds = time.perf_counter() - t0
-            tag = format_scale(s) if s is not None else f"{W}x{H}"
-            dest = out_dir / f"{path.stem}_x{tag}.png"
+            tag = f"x{format_scale(s)}" if s is not None else f"{W}x{H}"
+            dest = out_dir / f"{path.stem}_{tag}.png"  # NAME_x2.5.png or NAME_640x480.png
             save_image(sr[0].cpu(), dest)
         except (ImageError, CascadeError) as e:
             failures.append(f"{path}: {e}")

@@ -122,7 +122,7 @@ def test_upscale_any_scale_or_size_and_skip_bad_files(photos, tiny_checkpoint, t
 
     assert main(["upscale", str(photos / "coffee.png"), "--size", "100x77", "--stages", "bicubic",
                  "--out", str(out)]) == 0
-    assert tuple(load_image(out / "coffee_x100x77.png").shape) == (3, 77, 100)
+    assert tuple(load_image(out / "coffee_100x77.png").shape) == (3, 77, 100)
 
 
 def test_diagnose_spectrum_and_compare_write_pngs(photos, tiny_checkpoint, tmp_path, capsys):

@@ -1,8 +1,8 @@
 """Image files <-> float32 RGB tensors in [0, 1], with one clear error per bad file.
 
 ``load_image`` reads any file Pillow reads: gray, palette, RGBA/LA (alpha composited on a
-background colour or dropped), 16-bit PNG (full precision), CMYK JPEG; EXIF orientation is
-applied. ``save_image`` writes PNG atomically (temp file + rename), rounding to uint8.
+background colour or dropped), 16-bit grayscale PNG (full precision; Pillow reads 16-bit
+*RGB* PNGs at 8 bits), CMYK JPEG; EXIF orientation is applied. ``save_image`` writes PNG atomically (temp file + rename), rounding to uint8.
 """
 
 from __future__ import annotations
