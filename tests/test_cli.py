@@ -127,7 +127,9 @@ def test_upscale_any_scale_or_size_and_skip_bad_files(photos, tiny_checkpoint, t
 
 def test_diagnose_spectrum_and_compare_write_pngs(photos, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "spec"
-    assert main(["diagnose", "spectrum", str(photos), "--scale", "2", "--methods", "bicubic,lainr",
+    odd = tmp_path / "odd"  # a second size: spectra of different sizes are averaged
+    save_image(load_image(photos / "chelsea.png")[:, :50, :64], odd / "small.png")
+    assert main(["diagnose", "spectrum", str(photos), str(odd), "--scale", "2", "--methods", "bicubic,lainr",
                  "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "bicubic" in text and "lainr" in text

@@ -35,12 +35,12 @@ def spectrum_report(inputs: list[str], scale: float, methods: list[str], checkpo
     cutoff = 1.0 / (2.0 * scale)
     ratios: dict[str, list[float]] = {m.name: [] for m in built}
     spectra: dict[str, list] = {"ground truth": [], **{m.name: [] for m in built}}
-    freqs = None
+    # Images of different sizes have different frequency bins: put all on one grid.
+    freqs = torch.linspace(0, 0.5, 129, dtype=torch.float64)
     for f in files:
         hr, lr = degrade(load_image(f)[None], scale)
         gt_e = float(hf_energy(hr, cutoff))
-        freqs, p = radial_power_spectrum(hr)
-        spectra["ground truth"].append(p)
+        spectra["ground truth"].append(_resample(radial_power_spectrum(hr), freqs))
         for m in built:
             with torch.no_grad():
                 sr = m(lr, tuple(hr.shape[-2:]))
