@@ -129,8 +129,9 @@ def test_diagnose_spectrum_and_compare_write_pngs(photos, tiny_checkpoint, tmp_p
     out = tmp_path / "spec"
     odd = tmp_path / "odd"  # a second size: spectra of different sizes are averaged
     save_image(load_image(photos / "chelsea.png")[:, :50, :64], odd / "small.png")
-    assert main(["diagnose", "spectrum", str(photos), str(odd), "--scale", "2", "--methods", "bicubic,lainr",
-                 "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
+    assert main(["diagnose", "spectrum", str(photos), str(odd), "--scale", "2",
+                 "--methods", "bicubic,lainr", "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "bicubic" in text and "lainr" in text
     assert list(out.glob("*.png"))

@@ -2,7 +2,8 @@
 
 ``load_image`` reads any file Pillow reads: gray, palette, RGBA/LA (alpha composited on a
 background colour or dropped), 16-bit grayscale PNG (full precision; Pillow reads 16-bit
-*RGB* PNGs at 8 bits), CMYK JPEG; EXIF orientation is applied. ``save_image`` writes PNG atomically (temp file + rename), rounding to uint8.
+*RGB* PNGs at 8 bits), CMYK JPEG; EXIF orientation is applied. ``save_image`` writes PNG
+atomically (temp file + rename), rounding to uint8.
 """
 
 from __future__ import annotations
