@@ -44,7 +44,12 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--methods", type=_csv, help="comma-separated, e.g. bicubic,lainr")
     p.add_argument("--data", type=_csv, help="set5,set14,bsd68,builtin or paths")
     p.add_argument("--scales", type=_csv_float, help="e.g. 2,3,4 or 2.5")
-    p.add_argument("--metrics", type=_csv, help="e.g. psnr,ssim,lr_psnr")
+    p.add_argument("--metrics", type=_csv,
+                   help="e.g. psnr,ssim,lr_psnr,lpips,swd,hf_ratio,fid,kid")
+    p.add_argument("--lpips-weights", dest="lpips_weights",
+                   help="torchvision AlexNet (or VGG16) ImageNet weights file for LPIPS")
+    p.add_argument("--inception-weights", dest="inception_weights",
+                   help="torch-fidelity InceptionV3 weights file for FID/KID")
     p.add_argument("--checkpoint", help="checkpoint folder for the learned method (lainr)")
     p.add_argument("--out", help="output folder (default outputs/eval)")
     p.add_argument("--device", help="cpu (default), cuda or auto")
@@ -60,7 +65,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from cascade.config import load_config
     from cascade.evaluation.run import EvalConfig, evaluate, format_table, summarize
 
-    extra = _flags(args, ["methods", "data", "scales", "metrics", "out", "device", "save_images"])
+    extra = _flags(args, ["methods", "data", "scales", "metrics", "out", "device", "save_images",
+                          "lpips_weights", "inception_weights"])
     if args.no_resume:
         extra["resume"] = False
     if args.checkpoint:
@@ -73,6 +79,32 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     summary = [e for e in summarize(rows) if e["scale"] in scales]
     print(format_table(summary, list(cfg.metrics)))
     print(f"\nresults: {cfg.out}/results.jsonl  summary: {cfg.out}/summary.csv")
+    return 0
+
+
+# -- leaderboard ----------------------------------------------------------------------------
+
+def _add_leaderboard(sub) -> None:
+    p = sub.add_parser("leaderboard", help="tables and a perception-distortion plot of results",
+                       description="Turn DIR/results.jsonl (from cascade evaluate) into "
+                                   "leaderboard.md, leaderboard.csv, leaderboard.html and "
+                                   "pd_plot.png, ranked per dataset x scale.")
+    p.add_argument("dir", metavar="DIR", help="an evaluate --out folder")
+    p.add_argument("--out", help="where to write (default DIR)")
+    p.add_argument("--sort", default="psnr", help="ranking column (default psnr)")
+    p.add_argument("--pd-x", dest="pd_x", default="psnr", choices=["psnr", "rmse"],
+                   help="distortion axis of the perception-distortion plot")
+    p.add_argument("--image", help="image whose crops the HTML shows (default: the most "
+                                   "detailed one with outputs of every method)")
+    p.set_defaults(run=_run_leaderboard)
+
+
+def _run_leaderboard(args: argparse.Namespace) -> int:
+    from cascade.evaluation.leaderboard import write_leaderboard
+
+    for path in write_leaderboard(args.dir, out=args.out, sort=args.sort, pd_x=args.pd_x,
+                                  image=args.image):
+        print(path)
     return 0
 
 
@@ -174,7 +206,8 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 # -- main -----------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable] = [_add_evaluate, _add_train, _add_upscale, _add_diagnose, _add_compare]
+SUBCOMMANDS: list[Callable] = [_add_evaluate, _add_leaderboard, _add_train, _add_upscale,
+                               _add_diagnose, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

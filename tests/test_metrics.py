@@ -44,6 +44,8 @@ def test_registry_has_uniform_metrics():
     lr = sr[..., ::2, ::2]
     pytest.importorskip("cascade.data.degrade")
     for name in METRICS.names():
+        if name == "lpips":  # needs pretrained weights: tests/test_perceptual.py
+            continue
         v = METRICS.get(name)(sr, hr, lr=lr, scale=2.0, crop_border=None, y_channel=True)
         assert v.shape == (1,) and v.dtype == torch.float64, name
 

@@ -3,7 +3,10 @@ scale x image, appended as each row finishes.
 
 Appends hold an exclusive ``fcntl`` lock and end with fsync, so two evaluations writing the
 same store at once lose nothing and a killed run leaves no torn line (a torn last line, if
-the machine itself died mid-write, is skipped on reading with a warning).
+the machine itself died mid-write, is skipped on reading with a warning). The file is only
+appended to: a row that gains a metric later is a second line with the same key, merged on
+reading (:meth:`ResultsStore.merged`). Set-level scores (FID, KID) are rows whose ``image``
+is ``SET_ROW``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 KEY_FIELDS = ("method", "settings", "dataset", "scale", "image")
+SET_ROW = "*"  # the ``image`` of a row that scores a whole set (FID, KID), not one image
 
 
 def row_key(row: dict[str, Any]) -> tuple:
@@ -91,6 +95,14 @@ class ResultsStore:
                     continue
                 out.append({k: _from_json(v) for k, v in row.items()})
         return out
+
+    def merged(self) -> list[dict[str, Any]]:
+        """One row per key, in first-seen order; a later row with the same key updates the
+        fields it holds (a rerun that adds a metric appends only the new fields)."""
+        by_key: dict[tuple, dict[str, Any]] = {}
+        for r in self.rows():
+            by_key.setdefault(row_key(r), {}).update(r)
+        return list(by_key.values())
 
     def keys(self) -> set[tuple]:
         return {row_key(r) for r in self.rows()}
