@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import re
 from pathlib import Path
 
-import pytest
-
 from cascade.cli import main
-from cascade.data.datasets import resolve_dataset
-from cascade.data.io import load_image, save_image
-from cascade.evaluation.methods import METHODS, Method
+from cascade.data.io import load_image
 from cascade.evaluation.leaderboard import cell, csv_text, markdown, sections
+from cascade.evaluation.methods import METHODS, Method
 from cascade.evaluation.pdplot import pareto_front, perception_key
 from cascade.evaluation.store import SET_ROW, ResultsStore
+from test_sweep import photos  # noqa: F401  (the shared fixture: two 64x64 photo crops)
 
 
 def _row(method, image, psnr, lpips=None, hf=0.5, settings=None, dataset="set5", scale=4.0):
@@ -81,7 +78,7 @@ def test_pareto_front_and_perception_axis():
     assert pareto_front(rmse, x_higher_better=False) == [0, 1, 3]
     assert perception_key([{"lpips": 0.1, "swd": 3.0}, {"lpips": None, "swd": 2.0}]) == "swd"
     assert perception_key([{"lpips": 0.1}, {"lpips": 0.2}]) == "lpips"
-    assert perception_key([{"psnr": 1.0}]) is None and not math.isnan(0.0)
+    assert perception_key([{"psnr": 1.0}]) is None
 
 
 class Blurred(Method):
@@ -100,15 +97,6 @@ class Blurred(Method):
 
 if Blurred.name not in METHODS:
     METHODS.register(Blurred.name)(Blurred)
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("photos")
-    ds = resolve_dataset("builtin")
-    for i, name in enumerate(["chelsea", "coffee"]):
-        save_image(ds[i]["image"][:, 100:164, 120:184], root / f"{name}.png")
-    return root
 
 
 def test_cascade_leaderboard_end_to_end_and_a_method_added_later(photos, tmp_path, capsys):

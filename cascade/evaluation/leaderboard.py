@@ -102,7 +102,8 @@ def sections(rows: list[dict[str, Any]], sort: str = "psnr") -> list[Section]:
         best = {}
         for c in COLUMNS:
             scores = [_score(c, e.get(c.key)) for e in entries]
-            top = max((s for s in scores if s is not None), default=None)
+            valid = [s for s in scores if s is not None]
+            top = max(valid) if len(valid) > 1 else None  # a lone value is not "best"
             best[c.key] = {i for i, s in enumerate(scores) if top is not None and s == top}
         out.append(Section(dataset, scale, entries, best))
     return out

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from cascade.errors import CascadeError
-from cascade.evaluation.leaderboard import ARROWS, Section, cell, columns_of
+from cascade.evaluation.leaderboard import ARROWS, COLUMNS, Section, cell, columns_of
 from cascade.evaluation.run import format_scale
 from cascade.evaluation.sweep import variant_dir
 
@@ -142,13 +142,15 @@ def _table(sec: Section) -> str:
 
 def html_page(secs: list[Section], results_dir: Path, plot: Path | None, *, sort: str,
               note: str, image: str | None = None) -> str:
+    header = next(c.header for c in COLUMNS if c.key == sort)
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>cascade leaderboard"
              f"</title><style>{_STYLE}</style></head><body><h1>Leaderboard</h1>",
              f'<p class="note">From {html.escape(str(results_dir))}/results.jsonl, ranked by '
-             f"{html.escape(sort)}; click a column header to sort. {html.escape(note)}</p>"]
+             f"{html.escape(header)} per dataset and scale; click a column header to sort. "
+             f"{html.escape(note)}</p>"]
     if plot is not None:
-        parts.append(f'<h2>Perception-distortion plane</h2><img alt="perception-distortion '
-                     f'plot" style="max-width:100%" src="{png_data_uri(plot.read_bytes())}">')
+        parts.append(f'<img alt="perception-distortion plot" style="max-width:100%" '
+                     f'src="{png_data_uri(plot.read_bytes())}">')
     for s in secs:
         n = max(e["images"] for e in s.entries)
         parts.append(f"<h2>{html.escape(s.title)} ({n} images)</h2>")

@@ -83,7 +83,8 @@ def pd_plot(secs, dest: Path, x: str = "psnr") -> Path | None:
             ax.invert_xaxis()  # distortion grows to the right, as in Blau & Michaeli
         ax.set_xlabel("PSNR-Y (dB)" if x == "psnr" else "RMSE at the mean PSNR-Y (0-255)")
         ax.set_ylabel({"lpips": "LPIPS", "swd": "SWD (x1e3)"}[y] + "  (lower is better)")
-        ax.set_title(f"{s.title}", fontsize=10)
+        why = "" if y == "lpips" or not any("lpips" in e for e in entries) else ", LPIPS n/a"
+        ax.set_title(f"{s.title} ({len(entries)} points{why})", fontsize=10)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
