@@ -1,7 +1,9 @@
-"""Atomic file writes: write a temp file beside the target, fsync, rename.
+"""Atomic file writes: write a temp file beside the target, fsync, rename, fsync the folder.
 
 A reader never sees a half-written file; an interrupted write leaves the old file (or
-nothing) in place. Used for images, checkpoints, configs and result tables.
+nothing) in place, and a finished one survives a power cut. Used for images, checkpoints,
+configs and result tables. Folders (training checkpoints) are made atomic the same way:
+fill a temp folder, ``fsync_tree`` it, rename it into place, ``fsync_dir`` the parent.
 """
 
 from __future__ import annotations
@@ -14,6 +16,43 @@ from pathlib import Path
 from typing import IO
 
 from cascade.errors import CascadeError
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make new or renamed entries of folder ``path`` durable (a no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and folder under ``root`` (before renaming it into place)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(folder)
+
+
+def writable_dir(path: str | os.PathLike, hint: str = "choose a writable output folder") -> Path:
+    """Create folder ``path`` if needed and check a file can be written there, or raise a
+    one-line CascadeError (also when a parent is a file, or the disk is read-only or full)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CascadeError(f"cannot write to {path}: {e.strerror or e}; {hint}") from None
+    return path
 
 
 @contextlib.contextmanager
@@ -37,6 +76,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -2,12 +2,12 @@
 
 * ``model.safetensors``: the weights (EMA weights for a trained stage),
 * ``config.yaml``: the resolved training config (``stage``, ``model``, ...),
-* ``checkpoint.json``: ``{"stage", "step", "sha256", "format"}``; the checksum detects a
-  truncated or corrupted weights file before it is parsed.
+* ``checkpoint.json``: ``{"stage", "step", "sha256", "config_sha256", "format"}``; the
+  checksums detect a truncated or corrupted file before it is parsed.
 
-The folder is written under a temporary name and renamed into place, so a reader sees a
-whole checkpoint or none. Training-state checkpoints (optimizer, RNG, ...) are written by
-``cascade.train`` beside these.
+The folder is written under a temporary name, fsynced and renamed into place, so a reader
+sees a whole checkpoint or none. Training-state checkpoints (optimizer, RNG, ...) are
+written by ``cascade.train`` beside these and checked with the same ``file_checksums``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cascade.atomic import atomic_write_text
+from cascade.atomic import atomic_write_text, fsync_dir, fsync_tree
 from cascade.errors import CheckpointError
 
 FORMAT = "cascade-checkpoint-v1"
@@ -35,6 +35,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_checksums(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (relative POSIX paths), except ``skip``."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}
+
+
+def checksum_problem(folder: Path, checksums: dict[str, str]) -> str | None:
+    """None if every listed file is present and matches its checksum, else what is wrong."""
+    for rel, digest in checksums.items():
+        p = folder / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if sha256_file(p) != digest:
+            return f"{rel} does not match its checksum (truncated or corrupted)"
+    return None
 
 
 def save_checkpoint(
@@ -57,14 +74,17 @@ def save_checkpoint(
     cfg = config if isinstance(config, DictConfig) else OmegaConf.create(config)
     atomic_write_text(tmp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     meta = {"format": FORMAT, "stage": stage, "step": int(step),
-            "sha256": sha256_file(tmp / "model.safetensors")}
+            "sha256": sha256_file(tmp / "model.safetensors"),
+            "config_sha256": sha256_file(tmp / "config.yaml")}
     atomic_write_text(tmp / "checkpoint.json", json.dumps(meta, indent=2) + "\n")
+    fsync_tree(tmp)
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists():
         if old.exists():
             shutil.rmtree(old)
         os.replace(folder, old)
     os.replace(tmp, folder)
+    fsync_dir(folder.parent)
     if old.exists():
         shutil.rmtree(old)
     return folder
@@ -88,6 +108,9 @@ def load_checkpoint(folder: str | os.PathLike, stage: str | None = None) -> Load
                               "'cascade train' (e.g. checkpoints/lainr)")
     if folder.is_file():
         folder = folder.parent
+    if (folder / "trainer_state.json").is_file():
+        raise CheckpointError(f"{str(folder)!r} is a training-state checkpoint; pass the "
+                              "inference checkpoint OUT/model beside OUT/checkpoints")
     meta_path, weights = folder / "checkpoint.json", folder / "model.safetensors"
     for p in (meta_path, weights, folder / "config.yaml"):
         if not p.is_file():
@@ -95,16 +118,28 @@ def load_checkpoint(folder: str | os.PathLike, stage: str | None = None) -> Load
                                   "re-export it or point to another checkpoint")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{meta_path} is corrupt (not JSON); re-export the checkpoint") from None
+        if not isinstance(meta, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{meta_path} is corrupt (not a JSON object); "
+                              "re-export the checkpoint") from None
     if stage is not None and meta.get("stage") != stage:
         raise CheckpointError(f"checkpoint {str(folder)!r} is a {meta.get('stage')!r} checkpoint, "
                               f"not {stage!r}; pass a {stage} checkpoint")
-    if sha256_file(weights) != meta.get("sha256"):
-        raise CheckpointError(f"{weights} does not match its checksum (truncated or corrupted); "
-                              "copy it again or re-export the checkpoint")
+    sums = {"model.safetensors": meta.get("sha256")}
+    if "config_sha256" in meta:  # checkpoints written before it was added lack it
+        sums["config.yaml"] = meta["config_sha256"]
+    problem = checksum_problem(folder, sums)
+    if problem:
+        raise CheckpointError(f"checkpoint {str(folder)!r}: {problem}; copy it again or "
+                              "re-export the checkpoint")
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read {weights}: {e}") from None
-    return LoadedCheckpoint(state, OmegaConf.load(folder / "config.yaml"), meta, folder)
+        raise CheckpointError(f"cannot read {weights}: {str(e).splitlines()[0]}") from None
+    try:
+        config = OmegaConf.load(folder / "config.yaml")
+    except Exception as e:  # yaml errors carry their own line numbers
+        raise CheckpointError(f"cannot parse {folder / 'config.yaml'}: {str(e).splitlines()[0]}; "
+                              "re-export the checkpoint") from None
+    return LoadedCheckpoint(state, config, meta, folder)

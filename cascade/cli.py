@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, os_error_message
 
 
 def _csv(value: str) -> list[str]:
@@ -141,6 +141,8 @@ def _add_upscale(sub) -> None:
     p.add_argument("--checkpoint", default="checkpoints/lainr", help="LAINR checkpoint folder")
     p.add_argument("--out", default="outputs/upscale", help="output folder")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--max-megapixels", dest="max_megapixels", type=float,
+                   help="largest output allowed (default: what fits in the available memory)")
     p.set_defaults(run=_run_upscale)
 
 
@@ -148,7 +150,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
     from cascade.upscale import upscale_files
 
     failures = upscale_files(args.inputs, scale=args.scale, size=args.size, stages=args.stages,
-                             checkpoint=args.checkpoint, out=args.out, device=args.device)
+                             checkpoint=args.checkpoint, out=args.out, device=args.device,
+                             max_megapixels=args.max_megapixels)
     return 1 if failures else 0
 
 
@@ -232,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except CascadeError as e:
         print(f"cascade {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # one line, not a traceback, for a path or disk a check missed
+        print(f"cascade {args.command}: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cascade {args.command}: interrupted; finished results are saved", file=sys.stderr)

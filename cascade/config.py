@@ -51,6 +51,21 @@ def _check_keys(schema: DictConfig, other: Any, where: str, prefix: str = "") ->
             _check_keys(sub, other[k], where, full + ".")
 
 
+def _non_mapping_key(schema: DictConfig, layer: Any, prefix: str = "") -> str | None:
+    """The first key whose schema is a group of keys but whose value in ``layer`` is not."""
+    if not isinstance(layer, DictConfig):
+        return None
+    for k in layer.keys():
+        node = schema._get_node(k) if k in schema else None
+        if isinstance(node, DictConfig):
+            if not isinstance(layer._get_node(k), DictConfig):
+                return f"{prefix}{k}"
+            found = _non_mapping_key(node, layer[k], f"{prefix}{k}.")
+            if found:
+                return found
+    return None
+
+
 def _root_of(node: DictConfig) -> DictConfig:
     while node._get_parent() is not None:
         node = node._get_parent()  # type: ignore[assignment]
@@ -112,8 +127,9 @@ def load_config(
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except ValidationError as e:
-            key = e.full_key or "?"
-            raise ConfigError(f"config key {key!r} in {where}: {e.msg.splitlines()[0]}") from None
+            key = e.full_key or _non_mapping_key(base, layer) or "?"
+            msg = (e.msg or str(e)).splitlines()[0]  # a merge error has no .msg
+            raise ConfigError(f"config key {key!r} in {where}: {msg}") from None
         except ConfigKeyError as e:  # safety net; _check_keys normally catches these first
             raise ConfigError(f"unknown config key {e.full_key!r} in {where}") from None
     OmegaConf.set_struct(cfg, True)

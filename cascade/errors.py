@@ -24,3 +24,10 @@ class CheckpointError(CascadeError, ValueError):
 
 class ScaleError(CascadeError, ValueError):
     """A scale or output size is impossible."""
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError a command did not foresee (disk full, permission denied ...)."""
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    return (f"cannot access{where}: {e.strerror or e}; check the path, its permissions "
+            "and the free disk space")

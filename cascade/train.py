@@ -10,12 +10,16 @@ everything else: optimizer and schedule, gradient accumulation and clipping, EMA
 (TensorBoard through accelerate's trackers, tqdm), validation, atomic checkpoints and
 ``resume=auto``.
 
-Batches are a pure function of ``(seed, step, micro-batch, rank)``, so a resumed run draws
-exactly the batches the uninterrupted run would have drawn, and each rank of a
-multi-process run draws its own shard. Checkpoints (``OUT/checkpoints/step_N/``) are
-written by ``accelerator.save_state`` into a temporary folder that is renamed into place
-once complete; ``OUT/model/`` always holds the latest EMA weights as an inference
-checkpoint (``cascade.checkpoint``).
+Batches are a pure function of ``(seed, step, micro-batch, rank)``, so the step is the
+data sampler's position: a resumed run draws exactly the batches the uninterrupted run
+would have drawn, and each rank of a multi-process run draws its own shard. Checkpoints
+(``OUT/checkpoints/step_N/``) are written by ``accelerator.save_state`` into a temporary
+folder, checksummed (``trainer_state.json``), fsynced and renamed into place once complete;
+``resume=auto`` takes the newest one whose checksums hold. ``OUT/model/`` always holds the
+latest EMA weights as an inference checkpoint (``cascade.checkpoint``).
+
+Several processes: ``torchrun --nproc_per_node N -m cascade.train ...`` or ``accelerate
+launch`` (docs/training.md); on machines without CUDA the processes talk over gloo.
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cascade.atomic import atomic_write_text
-from cascade.checkpoint import save_checkpoint
+from cascade.atomic import atomic_write_text, fsync_dir, fsync_tree, writable_dir
+from cascade.checkpoint import checksum_problem, file_checksums, save_checkpoint
 from cascade.config import load_config, save_config
-from cascade.errors import CascadeError, ConfigError
+from cascade.errors import CascadeError, CheckpointError, ConfigError, os_error_message
 from cascade.registry import TASKS
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -57,7 +61,7 @@ class Task(Protocol):
 
     def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def validate(self, model: torch.nn.Module) -> dict[str, float]: ...
+    def validate(self, model: torch.nn.Module, step: int | None = None) -> dict[str, float]: ...
 
 
 def _import_tasks() -> None:
@@ -74,6 +78,9 @@ def _import_tasks() -> None:
 def load_train_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> DictConfig:
     """Read ``stage`` from the file (or a ``stage=`` override), then load that stage's schema."""
     _import_tasks()
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file "
+                          "(e.g. configs/lainr.yaml)")
     stage = None
     for item in overrides:
         if item.startswith("stage="):
@@ -121,17 +128,61 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_resume(out: Path, resume: str) -> Path | None:
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_problem(path: Path, stage: str | None = None) -> str | None:
+    """None if the training checkpoint at ``path`` is whole (every file matches the checksum
+    in trainer_state.json) and of ``stage``; else what is wrong with it."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{STATE_FILE} is unreadable"
+    if stage is not None and state.get("stage", stage) != stage:
+        return f"it is a {state['stage']!r} checkpoint, not {stage!r}"
+    # Checkpoints written before checksums were added have no "files": trusted as they are.
+    return checksum_problem(path, state.get("files", {}))
+
+
+def resolve_resume(out: Path, resume: str, stage: str | None = None) -> Path | None:
+    """The checkpoint to resume from: ``auto`` = the newest whole one (a corrupt one is
+    skipped with a warning), ``none``, or a ``step_N`` folder (which must be whole)."""
     if resume in ("", "none", "no", "false", "False"):
         return None
     if resume == "auto":
         ckpts = list_checkpoints(out)
-        return ckpts[-1][1] if ckpts else None
+        for _, p in reversed(ckpts):
+            problem = checkpoint_problem(p, stage)
+            if problem is None:
+                return p
+            warnings.warn(f"skipping checkpoint {p}: {problem}", stacklevel=2)
+        if ckpts:
+            raise CheckpointError(f"no usable checkpoint in {out / 'checkpoints'} (see the "
+                                  "warnings above); remove them, or resume=none to start over")
+        return None
     p = Path(resume)
-    if not (p / "trainer_state.json").is_file():
-        raise CascadeError(f"resume={resume!r} is not a training checkpoint folder "
-                           "(expected OUT/checkpoints/step_N); use resume=auto")
+    if not (p / STATE_FILE).is_file():
+        raise CheckpointError(f"resume={resume!r} is not a training checkpoint folder "
+                              "(expected OUT/checkpoints/step_N); use resume=auto")
+    problem = checkpoint_problem(p, stage)
+    if problem:
+        raise CheckpointError(f"cannot resume from {p}: {problem}; pass another checkpoint "
+                              "or resume=auto")
     return p
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _all_finite(accelerator, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process (all must skip a step together: a rank
+    that skips backward while the others all-reduce would hang them)."""
+    bad = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return bool(bad.item() == 0)
 
 
 @dataclass
@@ -144,16 +195,25 @@ class Trainer:
         from diffusers.training_utils import EMAModel
 
         cfg, loop = self.cfg, self.cfg.train
-        out = Path(cfg.out)
+        out = writable_dir(cfg.out, "choose a writable out=FOLDER")
         if loop.threads:
             torch.set_num_threads(loop.threads)
         mp = loop.mixed_precision
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() else "no"
+        # Without CUDA, accelerate only forms a process group (gloo) when told it is on a
+        # CPU; otherwise every torchrun process would silently train a model of its own.
         accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=loop.grad_accum,
-                                  log_with="tensorboard", project_dir=str(out))
+                                  log_with="tensorboard", project_dir=str(out),
+                                  cpu=not torch.cuda.is_available() and _world_size() > 1)
+        if _world_size() != accelerator.num_processes:
+            raise CascadeError(f"launched as {_world_size()} processes but accelerate formed "
+                               f"{accelerator.num_processes}; check the launcher's settings")
         set_seed(loop.seed)
         main = accelerator.is_main_process
+        if main:
+            for stale in (out / "checkpoints").glob("step_*.tmp"):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
         task = TASKS.get(cfg.stage)(cfg)
         model = task.build_model()
         optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, betas=tuple(loop.betas),
@@ -168,14 +228,21 @@ class Trainer:
         accelerator.register_for_checkpointing(scheduler, ema)
 
         step = 0
-        start = resolve_resume(out, cfg.resume)
+        start = resolve_resume(out, cfg.resume, cfg.stage)
         if start is not None:
-            accelerator.load_state(str(start))
-            step = json.loads((start / "trainer_state.json").read_text())["step"]
+            state = json.loads((start / STATE_FILE).read_text())
+            try:
+                accelerator.load_state(str(start))
+            except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:
+                raise CheckpointError(f"cannot resume from {start}: {str(e).splitlines()[0]}; "
+                                      "use the config it was trained with, or resume=none")
+            step = int(state["step"])
             if main:
-                print(f"train: resumed from {start} at step {step}", file=sys.stderr)
+                was = state.get("processes", accelerator.num_processes)
+                print(f"train: resumed from {start} at step {step}"
+                      + (f" (written by {was} processes)" if was != accelerator.num_processes
+                         else ""), file=sys.stderr)
         if main:
-            out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
         accelerator.init_trackers(cfg.stage, config=_flat_scalars(cfg))
         n_params = sum(p.numel() for p in raw.parameters())
@@ -190,6 +257,10 @@ class Trainer:
         bar = tqdm(total=loop.steps, initial=step, desc=f"train {cfg.stage}", disable=not main,
                    dynamic_ncols=True)
         nonfinite, t_last, seen = 0, time.perf_counter(), 0
+        # Clip at train.grad_clip, or only measure (max_norm=inf scales by exactly 1): a
+        # non-finite gradient norm skips the step like a non-finite loss. (fp16's scaler
+        # handles overflow itself.)
+        clip = loop.grad_clip if loop.grad_clip > 0 else math.inf
         model.train()
         while step < loop.steps:
             logs: dict[str, float] = {}
@@ -198,13 +269,15 @@ class Trainer:
                 batch = task.batch(step, micro, accelerator.process_index, accelerator.device)
                 with accelerator.accumulate(model), accelerator.autocast():
                     loss, logs = task.loss(model, batch)
-                    if not torch.isfinite(loss.detach()).all():
+                    if not _all_finite(accelerator, loss):
                         skipped = True
                     else:
                         accelerator.backward(loss)
-                        if accelerator.sync_gradients and loop.grad_clip > 0:
-                            logs["grad_norm"] = float(
-                                accelerator.clip_grad_norm_(model.parameters(), loop.grad_clip))
+                        if accelerator.sync_gradients:
+                            norm = float(accelerator.clip_grad_norm_(model.parameters(), clip))
+                            logs["grad_norm"] = norm
+                            if not math.isfinite(norm) and accelerator.scaler is None:
+                                skipped = True
                         if not skipped:
                             optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
@@ -212,13 +285,18 @@ class Trainer:
             if skipped:
                 optimizer.zero_grad(set_to_none=True)
                 nonfinite += 1
-                warnings.warn(f"step {step}: non-finite loss, step skipped "
+                warnings.warn(f"step {step + 1}: non-finite loss or gradient, step skipped "
                               f"({nonfinite}/{loop.max_nonfinite} in a row)", stacklevel=1)
                 if nonfinite >= loop.max_nonfinite:
+                    # Skipped steps leave the weights as they were, so every checkpoint
+                    # written so far holds finite weights; none is removed.
+                    bar.close()
+                    accelerator.end_training()
                     last = list_checkpoints(out)
-                    where = last[-1][1] if last else "none"
-                    raise CascadeError(f"training stopped: {nonfinite} non-finite losses in a row; "
-                                       f"last good checkpoint: {where}; lower train.lr")
+                    where = f"{last[-1][1]} (resume=auto continues from it)" if last else "none"
+                    raise CascadeError(f"training stopped at step {step + 1}: {nonfinite} "
+                                       f"non-finite losses in a row; last good checkpoint: "
+                                       f"{where}; lower train.lr or check the data")
             else:
                 nonfinite = 0
                 ema.step(raw.parameters())
@@ -248,7 +326,7 @@ class Trainer:
         ema.copy_to(raw.parameters())
         raw.eval()
         with torch.no_grad():
-            metrics = task.validate(raw)
+            metrics = task.validate(raw, step=step)
         raw.train()
         ema.restore(raw.parameters())
         accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
@@ -264,11 +342,19 @@ class Trainer:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step}) + "\n")
-            if final.exists():
+            loop = self.cfg.train
+            # Batches are keyed by (seed, step, micro, rank): the step is the sampler position.
+            state = {"step": step, "stage": self.cfg.stage, "seed": loop.seed,
+                     "processes": accelerator.num_processes, "batch_size": loop.batch_size,
+                     "grad_accum": loop.grad_accum,
+                     "files": file_checksums(tmp, skip=(STATE_FILE,))}
+            atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=1) + "\n")
+            fsync_tree(tmp)
+            if final.exists():  # a resumed run reached this step again
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            for _, old in list_checkpoints(out)[: -self.cfg.train.keep_checkpoints]:
+            fsync_dir(final.parent)
+            for _, old in list_checkpoints(out)[: -loop.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
             # The inference checkpoint: EMA weights + the resolved config.
             ema.store(raw.parameters())
@@ -310,7 +396,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CascadeError as e:
         print(f"cascade train: error: {e}", file=sys.stderr)
         return 2
-    print(f"train: inference checkpoint at {path}")
+    except OSError as e:  # disk full, permission denied, ... mid-run
+        print(f"cascade train: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cascade train: interrupted; resume=auto continues from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    if os.environ.get("RANK", "0") == "0":
+        print(f"train: inference checkpoint at {path}")
     return 0
 
 

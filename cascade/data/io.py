@@ -62,7 +62,10 @@ def load_image(path: str | os.PathLike, *, alpha: str = "composite",
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image file; pass a file "
                          "(folders are accepted where a list of images is expected)")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read {path}: {e.strerror}; check its permissions") from None
     if not data:
         raise ImageError(f"image file is empty (0 bytes): {path}; re-copy or re-export it")
     try:
@@ -73,7 +76,10 @@ def load_image(path: str | os.PathLike, *, alpha: str = "composite",
     except UnidentifiedImageError:
         raise ImageError(f"not an image file (Pillow cannot identify it): {path}; "
                          "use PNG, JPEG, BMP, TIFF or WebP") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path} has more pixels than Pillow's safety limit "
+                         f"({Image.MAX_IMAGE_PIXELS:,} x 2); split it into tiles first") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"truncated or corrupt image: {path} ({e}); re-export the file") from None
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 

@@ -3,7 +3,8 @@ scale x image, appended as each row finishes.
 
 Appends hold an exclusive ``fcntl`` lock and end with fsync, so two evaluations writing the
 same store at once lose nothing and a killed run leaves no torn line (a torn last line, if
-the machine itself died mid-write, is skipped on reading with a warning). The file is only
+the machine itself died mid-write, is skipped on reading with a warning, and the next
+append starts a new line rather than gluing a good row onto it). The file is only
 appended to: a row that gains a metric later is a second line with the same key, merged on
 reading (:meth:`ResultsStore.merged`). Set-level scores (FID, KID) are rows whose ``image``
 is ``SET_ROW``.
@@ -70,9 +71,15 @@ class ResultsStore:
 
     def append(self, row: dict[str, Any]) -> None:
         line = json.dumps({k: _jsonable(v) for k, v in row.items()}, sort_keys=False) + "\n"
+        data = line.encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f, _locked(f):
-            f.write(line)
+        with open(self.path, "a+b") as f, _locked(f):
+            end = f.seek(0, os.SEEK_END)
+            if end:  # after a torn last line, start a new one rather than glue onto it
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+            f.write(data)  # appended whatever the position (a+ mode)
             f.flush()
             os.fsync(f.fileno())
 
