@@ -172,6 +172,17 @@ def resolve_resume(out: Path, resume: str, stage: str | None = None) -> Path | N
     return p
 
 
+def _precision(requested: str) -> str:
+    """train.mixed_precision, where ``auto`` is float32 on a CPU (its bf16 matmuls are far
+    slower) and on CUDA the launcher's choice (``accelerate launch`` sets it from its config)
+    or else bf16."""
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available():
+        return "no"
+    return os.environ.get("ACCELERATE_MIXED_PRECISION", "bf16")
+
+
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -198,9 +209,7 @@ class Trainer:
         out = writable_dir(cfg.out, "choose a writable out=FOLDER")
         if loop.threads:
             torch.set_num_threads(loop.threads)
-        mp = loop.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if torch.cuda.is_available() else "no"
+        mp = _precision(loop.mixed_precision)
         # Without CUDA, accelerate only forms a process group (gloo) when told it is on a
         # CPU; otherwise every torchrun process would silently train a model of its own.
         accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=loop.grad_accum,
