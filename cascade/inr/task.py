@@ -95,7 +95,7 @@ class LAINRTask:
             self._val = pairs
         return self._val
 
-    def validate(self, model) -> dict[str, float]:
+    def validate(self, model, step: int | None = None) -> dict[str, float]:
         """Mean PSNR-Y per scale of the model and its gain over bicubic."""
         from cascade.data.degrade import upscale_bicubic
         from cascade.metrics.fidelity import psnr

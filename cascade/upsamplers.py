@@ -1,0 +1,65 @@
+"""Conditioning upsamplers ``U(lr, size) -> (B, 3, H, W)``, registered by name.
+
+A diffusion stage is conditioned on its LR input brought to the output size by one of
+these: the trained LAINR stage (frozen) or MATLAB bicubic (the ablation and the fallback
+before a LAINR checkpoint exists). This module is where the stages meet (DESIGN.md section
+3: stages never import each other); the diffusion network and process never import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from cascade.registry import Registry
+
+UPSAMPLERS: Registry = Registry("conditioning upsampler")
+
+
+class Upsampler(Protocol):
+    spec: dict[str, Any]
+
+    def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
+
+    def to(self, device: torch.device | str) -> Upsampler: ...
+
+
+@UPSAMPLERS.register("bicubic")
+class BicubicUpsampler:
+    """MATLAB bicubic D^-1 (``cascade.data.degrade.upscale_bicubic``)."""
+
+    def __init__(self) -> None:
+        self.spec = {"name": "bicubic"}
+
+    def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        from cascade.data.degrade import upscale_bicubic
+
+        return upscale_bicubic(lr, size)
+
+    def to(self, device: torch.device | str) -> BicubicUpsampler:
+        return self
+
+
+@UPSAMPLERS.register("lainr")
+class LAINRUpsampler:
+    """A trained LAINR stage, frozen (eval mode, no gradients), queried in chunks."""
+
+    def __init__(self, checkpoint: str = "checkpoints/lainr", chunk: int = 65536) -> None:
+        from cascade.inr.pretrained import load_lainr
+
+        self.spec = {"name": "lainr", "args": {"checkpoint": str(checkpoint)}}
+        self.model = load_lainr(checkpoint).requires_grad_(False)
+        self.chunk = chunk
+
+    @torch.no_grad()
+    def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.model.upscale(lr, size=size, chunk=self.chunk)
+
+    def to(self, device: torch.device | str) -> LAINRUpsampler:
+        self.model.to(device)
+        return self
+
+
+def make_upsampler(spec: str | dict) -> Upsampler:
+    return UPSAMPLERS.make(spec)
