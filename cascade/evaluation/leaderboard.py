@@ -96,7 +96,12 @@ def sections(rows: list[dict[str, Any]], sort: str = "psnr") -> list[Section]:
     for e in summary:
         groups[(e["dataset"], float(e["scale"]))].append(e)
     out = []
-    for (dataset, scale), entries in sorted(groups.items()):
+    # Datasets in the order they were evaluated (set5, set14, bsd68 as the config lists them).
+    first = {}
+    for r in rows:
+        first.setdefault(r["dataset"], len(first))
+    for (dataset, scale), entries in sorted(groups.items(),
+                                            key=lambda g: (first[g[0][0]], g[0][1])):
         entries.sort(key=lambda e: (_score(col, e.get(sort)) is None,
                                     -(_score(col, e.get(sort)) or 0.0), e["label"]))
         best = {}
@@ -142,7 +147,7 @@ def _note(secs: list[Section]) -> str:
 def markdown(secs: list[Section], source: str, sort: str) -> str:
     head = next(c.header for c in COLUMNS if c.key == sort)
     parts = [f"# Leaderboard\n\nFrom `{source}`, ranked by {head} per dataset and scale. "
-             f"{_note(secs)}\n"]
+             f"{_note(secs)}"]
     for s in secs:
         cols = columns_of(s.entries)
         n = max(e["images"] for e in s.entries)

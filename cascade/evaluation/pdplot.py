@@ -79,6 +79,7 @@ def pd_plot(secs, dest: Path, x: str = "psnr") -> Path | None:
         front = pareto_front(pts, x_higher_better=(x == "psnr"))
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="0.4",
                 lw=1, zorder=2, label="Pareto front")
+        ax.margins(0.2)  # room for the labels of the extreme points
         if x == "psnr":
             ax.invert_xaxis()  # distortion grows to the right, as in Blau & Michaeli
         ax.set_xlabel("PSNR-Y (dB)" if x == "psnr" else "RMSE at the mean PSNR-Y (0-255)")
