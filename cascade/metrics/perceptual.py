@@ -58,9 +58,9 @@ def _fetch(url: str, dest: Path) -> None:
     """Download ``url`` to ``dest`` (temp file + rename), checking the sha256 prefix in its name."""
     m = torch.hub.HASH_REGEX.search(dest.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _report_once(f"downloading {url} to {dest}")
     torch.hub.download_url_to_file(url, str(dest), hash_prefix=m.group(1) if m else None,
                                    progress=False)
+    _report_once(f"downloaded {url} to {dest}")
 
 
 def hub_file(url: str) -> Path:
