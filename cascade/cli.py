@@ -94,8 +94,8 @@ def _add_leaderboard(sub) -> None:
     p.add_argument("--sort", default="psnr", help="ranking column (default psnr)")
     p.add_argument("--pd-x", dest="pd_x", default="psnr", choices=["psnr", "rmse"],
                    help="distortion axis of the perception-distortion plot")
-    p.add_argument("--image", help="image whose crops the HTML shows (default: the most "
-                                   "detailed one with outputs of every method)")
+    p.add_argument("--image", help="image whose crops the HTML shows (default: the first, "
+                                   "by name, with cached outputs of every method)")
     p.set_defaults(run=_run_leaderboard)
 
 
