@@ -206,6 +206,7 @@ class Trainer:
         from diffusers.training_utils import EMAModel
 
         cfg, loop = self.cfg, self.cfg.train
+        start = resolve_resume(Path(cfg.out), cfg.resume, cfg.stage)  # before writing anything
         out = writable_dir(cfg.out, "choose a writable out=FOLDER")
         if loop.threads:
             torch.set_num_threads(loop.threads)
@@ -237,7 +238,6 @@ class Trainer:
         accelerator.register_for_checkpointing(scheduler, ema)
 
         step = 0
-        start = resolve_resume(out, cfg.resume, cfg.stage)
         if start is not None:
             state = json.loads((start / STATE_FILE).read_text())
             try:
