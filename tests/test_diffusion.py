@@ -266,20 +266,47 @@ def test_task_batches_are_aligned_and_keyed_by_step_and_rank(tmp_path):
     assert not torch.equal(other["batch"]["hr"], hr)
 
 
-@pytest.mark.slow
-def test_tiny_training_run_exports_a_loadable_stage(tmp_path):
-    from cascade.diffusion.pretrained import load_sr3
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
     from cascade.train import train
 
-    model_dir = train(TINY, [f"out={tmp_path / 'run'}"])
-    assert (tmp_path / "run" / "val" / "step_0000006.png").is_file()
-    stage = load_sr3(model_dir)
+    out = tmp_path_factory.mktemp("sr3") / "run"
+    return train(TINY, [f"out={out}"])
+
+
+@pytest.mark.slow
+def test_tiny_training_run_exports_a_loadable_stage(tiny_checkpoint):
+    from cascade.diffusion.pretrained import load_sr3
+    from cascade.inr.pretrained import load_lainr
+
+    assert (tiny_checkpoint.parent / "val" / "step_0000006.png").is_file()
+    stage = load_sr3(tiny_checkpoint)
     _, lr, _ = _photo_pair()
     x = stage(lr, num_samples=2, seed=0, steps=2, sampler="ddim")
     assert x.shape == (1, 2, 3, 32, 32)
     with pytest.raises(CheckpointError, match="not 'lainr'"):
-        from cascade.inr.pretrained import load_lainr
-
-        load_lainr(model_dir)
+        load_lainr(tiny_checkpoint)
     with pytest.raises(CheckpointError, match="not 'sr3'"):
         load_sr3("checkpoints/lainr")
+
+
+@pytest.mark.slow
+def test_sr3_is_an_evaluation_method_at_x2_and_through_its_upsampler_at_x4(tiny_checkpoint):
+    from cascade.errors import ScaleError
+    from cascade.evaluation.methods import make_method
+
+    hr, lr, _ = _photo_pair(64)
+    m = make_method("sr3", {"checkpoint": str(tiny_checkpoint), "sampler": "ddim", "steps": 2,
+                            "num_samples": 2, "projection": 1.0})
+    assert m.settings["num_samples"] == 2 and m.settings["steps"] == 2 and m.num_params > 0
+    x2 = m(lr, (64, 64))
+    assert x2.shape == (1, 3, 64, 64)
+    # the output is the mean of the two samples
+    both = m.stage(lr, num_samples=2, seed=0, sampler="ddim", steps=2, projection=1.0)
+    torch.testing.assert_close(x2, both.mean(1))
+    lr4 = imresize(hr, size=(16, 16))
+    assert m(lr4, (64, 64)).shape == (1, 3, 64, 64)
+    with pytest.raises(ScaleError, match="multiples of 2"):
+        m(lr, (63, 64))
+    with pytest.raises(ConfigError, match="unknown setting 'stepz'.*did you mean 'steps'"):
+        make_method("sr3", {"checkpoint": str(tiny_checkpoint), "stepz": 3})

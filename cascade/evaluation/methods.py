@@ -73,6 +73,74 @@ class LAINRMethod(Method):
         return self.model.upscale(lr, size=size, chunk=self.chunk).clamp(0, 1)
 
 
+@METHODS.register("sr3")
+class SR3Method(Method):
+    """The x2 diffusion stage; at other scales the stage's conditioning upsampler (LAINR)
+    first takes the input to half the output size (the two-stage cascade LAINR -> x2).
+
+    Settings: the sampler knobs of ``cascade.diffusion.sampling`` (``sampler``, ``steps``,
+    ``eta``, ``temperature``, ``aug_level``, ``projection``), ``num_samples`` (the output is
+    the mean of N samples: N > 1 trades realism for PSNR) and ``seed``.
+    """
+
+    name = "sr3"
+
+    def __init__(self, checkpoint: str = "checkpoints/sr3_x2", sampler: str | None = None,
+                 steps: int | None = None, eta: float | None = None,
+                 temperature: float | None = None, aug_level: float | None = None,
+                 projection: float | None = None, num_samples: int = 1, seed: int = 0) -> None:
+        from cascade.diffusion.pretrained import load_sr3
+
+        self.stage = load_sr3(checkpoint)
+        self.knobs = dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature,
+                          aug_level=aug_level, projection=projection)
+        resolved = self.stage.knobs(**self.knobs)  # also validates the names
+        super().__init__(checkpoint=str(checkpoint), **vars(resolved),
+                         num_samples=int(num_samples), seed=int(seed))
+        if num_samples < 1:
+            from cascade.errors import ConfigError
+
+            raise ConfigError(f"num_samples={num_samples}; use 1 or more")
+        self.num_samples, self.seed = int(num_samples), int(seed)
+
+    @property
+    def num_params(self) -> int:
+        return self.stage.num_params
+
+    def to(self, device: torch.device | str) -> Method:
+        self.stage.to(device)
+        return self
+
+    def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        H, W = size
+        s = round(self.stage.scale)
+        if H % s or W % s:
+            from cascade.errors import ScaleError
+
+            raise ScaleError(f"sr3 makes outputs whose sides are multiples of {s}, not {W}x{H}")
+        mid = (H // s, W // s)
+        if tuple(lr.shape[-2:]) != mid:
+            if self.stage.upsampler is None:
+                raise RuntimeError("the sr3 stage has no conditioning upsampler")
+            lr = self.stage.upsampler(lr, mid).clamp(0, 1)
+        x = self.stage(lr, num_samples=self.num_samples, seed=self.seed, **self.knobs)
+        return x.mean(1).to(lr.device)  # (B, 3, H, W): the mean of the N samples
+
+
 def make_method(name: str, settings: dict[str, Any] | None = None) -> Method:
-    """Build a registered method from its settings."""
-    return METHODS.get(name)(**(settings or {}))
+    """Build a registered method from its settings; an unknown setting is a ConfigError."""
+    import difflib
+    import inspect
+
+    cls = METHODS.get(name)
+    settings = dict(settings or {})
+    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for key in settings:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            from cascade.errors import ConfigError
+
+            raise ConfigError(f"unknown setting {key!r} of method {name!r}{hint}; "
+                              f"known: {', '.join(known) or 'none'}")
+    return cls(**settings)
