@@ -12,21 +12,11 @@ freshly built model otherwise.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from cascade.benchmark import median_time
 
 
 def main() -> None:
@@ -69,7 +59,7 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-        sec = _timed(step, args.repeats)
+        sec = median_time(step, args.repeats)
         rows.append((f"x{s:g}", args.batch, args.queries, sec, args.batch / sec))
     print("training step (48x48 LR crops)")
     print(f"{'scale':>6} {'batch':>6} {'queries':>8} {'s/step':>8} {'samples/s':>10}")
@@ -88,8 +78,8 @@ def main() -> None:
             size = (side * s, side * s)
             mp = size[0] * size[1] / 1e6
             with torch.no_grad():
-                t_bic = _timed(lambda: imresize(lr, size=size), args.repeats)
-                t_inr = _timed(lambda: model.upscale(lr, size), args.repeats)
+                t_bic = median_time(lambda: imresize(lr, size=size), args.repeats)
+                t_inr = median_time(lambda: model.upscale(lr, size), args.repeats)
             for name, t in (("bicubic", t_bic), ("lainr", t_inr)):
                 print(f"{side:>4}^2   {'x' + str(s):>6} {size[0]:>5}^2    {name:>8} {t:>8.3f} "
                       f"{mp / t:>8.3f} {t / t_bic:>9.0f}x")

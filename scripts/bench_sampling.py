@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from cascade.benchmark import median_time
 
 
 def _pairs(crop: int, stage, images: str):
@@ -78,22 +79,12 @@ def _gflops(stage, batch: int, crop: int, repeats: int) -> tuple[float, float]:
         loss.backward()
     flops = fc.get_total_flops()
     opt.zero_grad(set_to_none=True)
-    sec = _median_time(step, repeats)
+    sec = median_time(step, repeats)
     unet.eval()
     n = 2048
     m1, m2 = torch.randn(n, n), torch.randn(n, n)
-    mm = _median_time(lambda: m1 @ m2, repeats)
+    mm = median_time(lambda: m1 @ m2, repeats)
     return flops / sec / 1e9, 2 * n**3 / mm / 1e9
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
