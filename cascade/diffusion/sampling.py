@@ -87,12 +87,12 @@ def sample(unet, cond: torch.Tensor, lr: torch.Tensor, *, process: ProcessConfig
            alphas_cumprod: torch.Tensor, generators: list[torch.Generator],
            sampler: str = "dpm", steps: int = 20, eta: float = 0.0, temperature: float = 1.0,
            aug_level: float = 0.01, projection: float = 1.0, clip: bool = True,
-           progress: bool = False, denoise_fn=None) -> torch.Tensor:
+           progress: bool = False, denoise_fn=None, desc: str | None = None) -> torch.Tensor:
     """Samples (B, 3, H, W) in [0, 1] for ``cond`` (B, 3, H, W) = U(lr), ``lr`` (B, 3, h, w).
 
     ``generators``: one CPU ``torch.Generator`` per row (its seed fixes that sample).
     ``denoise_fn(r_t, cond_in, t, level) -> output`` replaces ``unet(...)`` when given (the
-    pipeline uses it to evaluate the network tile by tile).
+    pipeline uses it to evaluate the network tile by tile); ``desc`` labels the progress bar.
     """
     B = cond.shape[0]
     if len(generators) != B:
@@ -109,8 +109,8 @@ def sample(unet, cond: torch.Tensor, lr: torch.Tensor, *, process: ProcessConfig
     fn = denoise_fn or unet
     extra = {"eta": eta} if sampler == "ddim" else {}
     noise_gen = generators if sampler in ("ddpm", "ddim") else None
-    for t in tqdm(sched.timesteps, desc=f"{sampler} {steps} steps", disable=not progress,
-                  leave=False, dynamic_ncols=True):
+    for t in tqdm(sched.timesteps, desc=desc or f"{sampler} {steps} steps",
+                  disable=not progress, leave=False, dynamic_ncols=True):
         tt = torch.full((B,), int(t), device=cond.device, dtype=torch.long)
         out = fn(sched.scale_model_input(r, t), cond_in, tt, level)
         x0 = cond + predict_x0(out.float(), r, tt, alphas_cumprod, process.prediction_type) / rs

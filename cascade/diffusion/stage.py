@@ -78,23 +78,39 @@ class SR3Stage:
                 raise ConfigError("this stage has no conditioning upsampler; pass cond=")
             cond = self.upsampler(lr, (H, W))
         cond = cond.to(dev, torch.float32)
-        m = self._pad_multiple()
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:  # reflect-pad bottom/right so the UNet's sides divide; cropped below
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            lr = torch.nn.functional.pad(lr, (0, pw, 0, ph), mode=mode)
-            cond = torch.nn.functional.pad(cond, (0, pw * s, 0, ph * s), mode=mode)
         out = torch.empty(B, num_samples, 3, H, W)
         rows = [(b, i) for b in range(B) for i in range(num_samples)]
         for start in range(0, len(rows), max_batch):
             chunk = rows[start:start + max_batch]
             idx = torch.tensor([b for b, _ in chunk], device=dev)
             gens = [generator_for(seed, i) for _, i in chunk]
-            x = sample(self.unet, cond[idx], lr[idx], process=self.process,
-                       alphas_cumprod=self.alphas_cumprod, generators=gens,
-                       sampler=k.sampler, steps=k.steps, eta=k.eta, temperature=k.temperature,
-                       aug_level=k.aug_level, projection=k.projection, clip=k.clip,
-                       progress=progress)
+            x = self.draw(lr[idx], cond[idx], gens, k, progress=progress)
             for j, (b, i) in enumerate(chunk):
-                out[b, i] = x[j, :, :H, :W].cpu()
+                out[b, i] = x[j].cpu()
         return out
+
+    @torch.no_grad()
+    def draw(self, lr: torch.Tensor, cond: torch.Tensor, generators: list[torch.Generator],
+             knobs: SamplingConfig, progress: bool = False, denoise_fn=None,
+             desc: str | None = None) -> torch.Tensor:
+        """One sample per row: ``lr`` (R, 3, h, w) and its conditioning ``cond`` (R, 3, sh, sw)
+        on the stage's device, one generator per row -> (R, 3, sh, sw) on that device.
+
+        Pads the bottom/right so the UNet's sides divide and crops back; ``denoise_fn``
+        (e.g. a ``tiling.TiledDenoiser``) replaces the whole-image network call.
+        """
+        s = round(self.scale)
+        h, w = lr.shape[-2:]
+        H, W = h * s, w * s
+        m = self._pad_multiple()
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:  # reflect-pad bottom/right so the UNet's sides divide; cropped below
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            lr = torch.nn.functional.pad(lr, (0, pw, 0, ph), mode=mode)
+            cond = torch.nn.functional.pad(cond, (0, pw * s, 0, ph * s), mode=mode)
+        k = knobs
+        x = sample(self.unet, cond, lr, process=self.process, alphas_cumprod=self.alphas_cumprod,
+                   generators=generators, sampler=k.sampler, steps=k.steps, eta=k.eta,
+                   temperature=k.temperature, aug_level=k.aug_level, projection=k.projection,
+                   clip=k.clip, progress=progress, denoise_fn=denoise_fn, desc=desc)
+        return x[:, :, :H, :W]
