@@ -34,6 +34,11 @@ def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) not in (None, False)}
 
 
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """Like ``_flags`` for numeric flags, where 0 is a value (--projection 0, --seed 0)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 # -- evaluate -------------------------------------------------------------------------------
 
 def _add_evaluate(sub) -> None:
@@ -130,29 +135,110 @@ def _run_train(args: argparse.Namespace) -> int:
 # -- upscale --------------------------------------------------------------------------------
 
 def _add_upscale(sub) -> None:
-    p = sub.add_parser("upscale", help="upscale images to any scale or size",
-                       description="Upscale INPUT files (files, folders or globs). Writes "
-                                   "OUT/NAME_x{S}.png and OUT/run.json.")
+    p = sub.add_parser("upscale", help="upscale images to any scale or size (N samples, std maps)",
+                       description="Upscale INPUT files (files, folders or globs) through LAINR "
+                                   "and the x2 diffusion stages. Writes OUT/NAME_x{S}.png, "
+                                   "OUT/NAME_x{S}_samples/, OUT/NAME_x{S}_std.png and "
+                                   "OUT/run.json. Trailing key=value items override "
+                                   "configs/pipeline.yaml settings (e.g. tiling.tile=128).")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--scale", help="any real scale >= 1, e.g. 4 or 2.5")
     p.add_argument("--size", help="exact output size WIDTHxHEIGHT")
-    p.add_argument("--stages", default="inr", choices=["inr", "bicubic"],
-                   help="which stages run (inr: the LAINR stage; bicubic: the baseline)")
-    p.add_argument("--checkpoint", default="checkpoints/lainr", help="LAINR checkpoint folder")
+    p.add_argument("--stages", choices=["auto", "inr", "inr+1", "inr+2", "bicubic"],
+                   help="auto (default): every stage the pipeline has; inr: LAINR only; "
+                        "inr+1 / inr+2: LAINR and one / two x2 diffusion stages; bicubic: "
+                        "the baseline")
+    p.add_argument("--pipeline", default="checkpoints",
+                   help="pipeline folder (save_pretrained) or checkpoints folder with lainr/, "
+                        "sr3_x2/, sr3_x2_b/ (default checkpoints)")
+    p.add_argument("--checkpoint", help="LAINR checkpoint folder replacing the pipeline's "
+                                        "(with --stages auto: LAINR only)")
+    p.add_argument("--samples", dest="num_samples", type=int, help="N samples (default 1)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the stage's)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"])
+    p.add_argument("--projection", type=float, help="consistency projection w in [0, 1]")
+    p.add_argument("--seed", type=int, help="sample i uses seed (SEED, i) (default 0)")
+    p.add_argument("--output", choices=["mean", "sample"],
+                   help="what NAME_x{S}.png holds: the mean of the samples (default) or the "
+                        "first sample")
+    p.add_argument("--config", help="YAML pipeline settings (configs/pipeline.yaml)")
     p.add_argument("--out", default="outputs/upscale", help="output folder")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--max-megapixels", dest="max_megapixels", type=float,
                    help="largest output allowed (default: what fits in the available memory)")
-    p.set_defaults(run=_run_upscale)
+    p.set_defaults(run=_run_upscale, trailing="inputs")
+
+
+def _split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """INPUT items -> (inputs, key=value overrides): an item is an override when it looks
+    like one (a dotted name, '=') and is not an existing path."""
+    import re
+    from pathlib import Path
+
+    inputs, overrides = [], []
+    for item in items:
+        is_override = re.match(r"^[A-Za-z_][\w.]*=", item) and not Path(item).exists()
+        (overrides if is_override else inputs).append(item)
+    return inputs, overrides
 
 
 def _run_upscale(args: argparse.Namespace) -> int:
     from cascade.upscale import upscale_files
 
-    failures = upscale_files(args.inputs, scale=args.scale, size=args.size, stages=args.stages,
+    inputs, overrides = _split_overrides(args.inputs)
+    if not inputs:
+        raise CascadeError("give at least one INPUT image, folder or glob")
+    failures = upscale_files(inputs, scale=args.scale, size=args.size, stages=args.stages,
                              checkpoint=args.checkpoint, out=args.out, device=args.device,
-                             max_megapixels=args.max_megapixels)
+                             max_megapixels=args.max_megapixels, pipeline=args.pipeline,
+                             config=args.config, overrides=overrides,
+                             **_given(args, ["num_samples", "steps", "sampler", "projection",
+                                             "seed", "output"]))
     return 1 if failures else 0
+
+
+# -- calibrate ------------------------------------------------------------------------------
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit the conformal factor of the uncertainty intervals",
+                       description="Degrade the images of DATA by SCALE, upscale them with N "
+                                   "samples, fit the factor l so that mean +- l * std covers "
+                                   "the true pixel with probability >= 1 - alpha on half of "
+                                   "the images, report coverage, interval width, "
+                                   "Spearman(std, |error|) and AUSE on the other half, and "
+                                   "save the factor with the pipeline (calibration.json).")
+    p.add_argument("--data", required=True, help="bsd68, set14, builtin, a folder or a glob")
+    p.add_argument("--scale", required=True, help="the scale to calibrate, e.g. 4")
+    p.add_argument("--pipeline", default="checkpoints", help="pipeline or checkpoints folder")
+    p.add_argument("--stages", choices=["auto", "inr+1", "inr+2"])
+    p.add_argument("--samples", dest="num_samples", type=int, help="N samples (default 8)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"])
+    p.add_argument("--projection", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--alpha", type=float, help="target miscoverage (default 0.1: 90%% intervals)")
+    p.add_argument("--crop", type=int, default=0,
+                   help="calibrate on centre crops of this many HR pixels (faster; 0 = whole)")
+    p.add_argument("--max-images", dest="max_images", type=int, default=0,
+                   help="use the first N images only (0 = all)")
+    p.add_argument("--out", help="also write the report (JSON) into this folder")
+    p.add_argument("--no-save", dest="no_save", action="store_true",
+                   help="report only; leave the pipeline's calibration.json as it is")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("overrides", nargs="*", help="key=value pipeline settings")
+    p.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from cascade.calibrate import calibrate, format_report
+
+    report = calibrate(args.data, args.scale, pipeline=args.pipeline, crop=args.crop,
+                       max_images=args.max_images, out=args.out, save=not args.no_save,
+                       device=args.device, overrides=args.overrides,
+                       **_given(args, ["stages", "num_samples", "steps", "sampler",
+                                       "projection", "seed", "alpha"]))
+    print(format_report(report))
+    return 0
 
 
 # -- diagnose -------------------------------------------------------------------------------
@@ -210,7 +296,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 # -- main -----------------------------------------------------------------------------------
 
 SUBCOMMANDS: list[Callable] = [_add_evaluate, _add_leaderboard, _add_train, _add_upscale,
-                               _add_diagnose, _add_compare]
+                               _add_calibrate, _add_diagnose, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,7 +316,12 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    trailing = getattr(args, "trailing", None)  # key=value items after the options
+    if extra and trailing and not any(e.startswith("-") for e in extra):
+        setattr(args, trailing, getattr(args, trailing) + extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except CascadeError as e:

@@ -1,10 +1,19 @@
-"""``cascade upscale``: files in, upscaled PNGs and a ``run.json`` out.
+"""``cascade upscale``: files in; upscaled PNGs, samples, std maps and a ``run.json`` out.
+
+Each input goes through the cascade (``cascade.pipeline``): LAINR, then the x2 diffusion
+stages the plan asks for, N samples. Per input ``NAME`` and tag ``x{S}`` (or ``WxH`` for
+``--size``) it writes ``NAME_x{S}.png`` (the mean of the samples, or the first sample with
+``output=sample``) and, when the plan samples (diffusion) and N >= 2,
+``NAME_x{S}_samples/sample_NN.png`` (written as they finish) and ``NAME_x{S}_std.png`` (the
+per-pixel std over the samples, mean of R, G, B, as a heatmap with a colour bar);
+``run.json`` records the plans, the settings and the timings.
 
 With several inputs, one bad file is reported and skipped and the others are still
 processed (exit status 1); a single input, or a run where every input fails, stops with
-one error line (exit status 2) and leaves no output behind. An output larger than the
-memory budget (``cascade.memory``) fails before anything is allocated. Outputs are written
-atomically, so an interrupted run leaves whole files only.
+one error line (exit status 2) and leaves no output behind. Settings are checked before any
+work, and an output larger than the memory budget (``cascade.memory``) fails before
+anything is allocated. Outputs are written atomically, so an interrupted run leaves whole
+files only.
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -22,20 +33,45 @@ from cascade.atomic import atomic_write_text, writable_dir
 from cascade.data.sources import expand_inputs
 from cascade.errors import CascadeError
 from cascade.memory import budget_megapixels, check_output_size
-from cascade.pipeline import check_scale, parse_size, target_size
+from cascade.pipeline import PipelineConfig, check_scale, parse_size, target_size
 
 
-def upscale_files(inputs: list[str], scale: str | float | None, size: str | None, stages: str,
-                  checkpoint: str, out: str, device: str = "cpu",
-                  max_megapixels: float | None = None) -> list[str]:
+def pipeline_settings(config: str | None = None, overrides: Sequence[str] = (),
+                      **flags: Any) -> PipelineConfig:
+    """configs/pipeline.yaml-style file <- flags (None = not given) <- key=value overrides,
+    checked (``--samples 0`` and friends fail here, before any work)."""
+    from omegaconf import OmegaConf
+
+    from cascade.config import load_config
+    from cascade.pipeline import check_settings
+
+    extra = {k: v for k, v in flags.items() if v is not None}
+    cfg = OmegaConf.to_object(load_config(PipelineConfig, config, list(overrides), extra))
+    check_settings(cfg)
+    return cfg
+
+
+def upscale_files(inputs: list[str], scale: str | float | None, size: str | None,
+                  stages: str | None = None, checkpoint: str | None = None,
+                  out: str = "outputs/upscale", device: str = "cpu",
+                  max_megapixels: float | None = None, pipeline: str = "checkpoints",
+                  config: str | None = None, overrides: Sequence[str] = (),
+                  **settings: Any) -> list[str]:
     """Upscale every input; returns the list of failures (``"path: reason"``).
 
+    ``stages``: auto (default: every stage ``pipeline`` has), inr, inr+1, inr+2, bicubic;
+    ``checkpoint``: a LAINR checkpoint replacing the pipeline's (alone, with stages auto, it
+    means LAINR only, as before the diffusion stages). ``settings``: ``PipelineConfig``
+    fields (num_samples, steps, sampler, projection, seed, output, ...).
     Raises CascadeError when nothing could be upscaled (one input that fails, or all).
     """
     s = check_scale(scale) if scale is not None else None
     wanted = parse_size(size) if size is not None else None
     if s is None and wanted is None:
         raise CascadeError("give --scale S (any real >= 1) or --size WIDTHxHEIGHT")
+    cfg = pipeline_settings(config, overrides, stages=stages, **settings)
+    if cfg.stages == "auto" and checkpoint is not None:
+        cfg.stages = "inr"
     budget_megapixels(max_megapixels)  # a bad budget fails before any work
     if len(inputs) == 1:
         files, failures = expand_inputs(inputs), []
@@ -51,7 +87,8 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
     created = not out_dir.exists()
     writable_dir(out_dir, "choose a writable --out folder")
     try:
-        _run(files, failures, s, wanted, stages, checkpoint, out_dir, device, max_megapixels)
+        _run(files, failures, s, wanted, cfg, checkpoint, pipeline, out_dir, device,
+             max_megapixels)
     except BaseException:
         if created:  # leave nothing behind when nothing was written
             with contextlib.suppress(OSError):
@@ -60,55 +97,111 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
     return failures
 
 
+def _load_pipeline(cfg: PipelineConfig, checkpoint: str | None, pipeline: str,
+                   dev: torch.device):
+    """The pipeline for ``cfg.stages`` (None for bicubic); a missing stage fails here."""
+    from cascade.pipeline import CascadePipeline, stages_needed
+
+    if cfg.stages == "bicubic":
+        return None
+    pipe = CascadePipeline.from_pretrained(pipeline, lainr=checkpoint,
+                                           max_diffusion=stages_needed(cfg.stages))
+    cfg.stages, _ = pipe.resolve_stages(cfg.stages)  # inr+2 without sr3_x2_b: one line, now
+    pipe.config = cfg
+    return pipe.to(dev)
+
+
 def _run(files: list[Path], failures: list[str], s: float | None,
-         wanted: tuple[int, int] | None, stages: str, checkpoint: str, out_dir: Path,
-         device: str, max_megapixels: float | None) -> None:
-    from cascade.data.io import load_image, save_image
-    from cascade.evaluation.methods import make_method
+         wanted: tuple[int, int] | None, cfg: PipelineConfig, checkpoint: str | None,
+         pipeline: str, out_dir: Path, device: str, max_megapixels: float | None) -> None:
+    from cascade.data.io import load_image
     from cascade.evaluation.run import format_scale, resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CascadeError(f"--device {device} but no CUDA device is available; "
                            "use --device cpu or auto")
-    method = make_method("lainr", {"checkpoint": checkpoint}) if stages == "inr" \
-        else make_method("bicubic")
-    method.to(dev)
+    pipe = _load_pipeline(cfg, checkpoint, pipeline, dev)
     single = len(files) == 1
-    records = []
-    with tqdm(files, desc=f"upscale ({stages})", unit="img", dynamic_ncols=True,
+    records: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    with tqdm(files, desc=f"upscale ({cfg.stages})", unit="img", dynamic_ncols=True,
               disable=single) as bar:
         for path in bar:
             try:
                 img = load_image(path)
                 in_hw = tuple(img.shape[-2:])
                 H, W = target_size(in_hw, s, wanted)
-                check_output_size(in_hw, (H, W), max_megapixels, dense=stages == "bicubic")
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    sr = method(img[None].to(dev), (H, W))
-                seconds = time.perf_counter() - t0
+                check_output_size(in_hw, (H, W), max_megapixels, dense=cfg.stages == "bicubic")
                 tag = f"x{format_scale(s)}" if s is not None else f"{W}x{H}"
-                dest = out_dir / f"{path.stem}_{tag}.png"  # NAME_x2.5.png or NAME_640x480.png
-                save_image(sr[0].cpu(), dest)
+                name = f"{path.stem}_{tag}"  # NAME_x2.5 or NAME_640x480
+                t0 = time.perf_counter()
+                record = _upscale_one(pipe, cfg, img, (H, W), out_dir, name, dev)
+                seconds = time.perf_counter() - t0
             except CascadeError as e:
                 if single:
                     raise
                 failures.append(f"{path}: {e}")
                 tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
                 continue
-            records.append({"input": str(path), "output": str(dest), "in_size": list(in_hw),
+            settings = record.pop("settings")
+            records.append({"input": str(path), **record, "in_size": list(in_hw),
                             "out_size": [H, W], "seconds": round(seconds, 4)})
-            tqdm.write(f"{path} ({img.shape[-1]}x{img.shape[-2]}) -> {dest} ({W}x{H}) "
-                       f"in {seconds:.2f}s")
+            tqdm.write(f"{path} ({img.shape[-1]}x{img.shape[-2]}) -> {record['output']} "
+                       f"({W}x{H}) in {seconds:.2f}s  [{record['plan']['summary']}]")
     if not records:
         raise CascadeError(f"none of the {len(files)} images could be upscaled (see the "
                            "lines above)")
-    run = {"stages": stages, "plan": [{"stage": "lainr" if stages == "inr" else "bicubic",
-                                       "scale": s, "size": wanted}],
-           "method": {"name": method.name, "settings": method.settings}, "device": str(dev),
-           "outputs": records, "failures": failures}
+    run = {"stages": cfg.stages, "settings": settings,
+           "pipeline": pipe.describe() if pipe is not None else {"bicubic": True},
+           "device": str(dev), "outputs": records, "failures": failures}
     atomic_write_text(out_dir / "run.json", json.dumps(run, indent=2) + "\n")
+
+
+def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int, int],
+                 out_dir: Path, name: str, dev: torch.device) -> dict[str, Any]:
+    """Run one image through the pipeline and write its files; returns its run.json record."""
+    from dataclasses import asdict
+
+    from cascade.data.io import save_image
+    from cascade.pipeline import make_plan
+
+    dest = out_dir / f"{name}.png"
+    if pipe is None:  # the bicubic baseline: no model at all
+        from cascade.data.degrade import upscale_bicubic
+
+        with torch.no_grad():
+            sr = upscale_bicubic(img[None].to(dev), out_hw).clamp(0, 1)
+        save_image(sr[0].cpu(), dest)
+        plan = make_plan(tuple(img.shape[-2:]), out_hw, [], "bicubic")
+        return {"output": str(dest), "plan": plan.to_dict(), "timings": {},
+                "settings": asdict(cfg)}
+    plan = pipe.plan(tuple(img.shape[-2:]), out_hw, cfg.stages)
+    n = int(cfg.num_samples)
+    record: dict[str, Any] = {"output": str(dest)}
+    sample_dir = out_dir / f"{name}_samples"
+    streamed = plan.stochastic and n > 1  # one stochastic sample is the output itself
+
+    def writer(i: int, x: torch.Tensor) -> None:
+        save_image(x, sample_dir / f"sample_{i:02d}.png")
+
+    if streamed:
+        record["samples"] = str(sample_dir)
+    result = pipe(img, size=out_hw, keep_samples=False,
+                  on_sample=writer if streamed else None, progress=True)
+    save_image(result.image, dest)
+    if streamed:
+        from cascade.evaluation.heatmap import save_heatmap
+
+        std_map = out_dir / f"{name}_std.png"
+        save_heatmap(result.std.mean(0), std_map, label=f"std over {n} samples (0-1 scale)",
+                     title=f"{name}: per-pixel std of {n} samples ({plan.stages})")
+        record["std_map"] = str(std_map)
+        record["std_mean"] = round(float(result.std.mean()), 6)
+    record.update({"plan": result.plan.to_dict(),
+                   "timings": {k: round(v, 3) for k, v in result.timings.items()},
+                   "settings": result.settings})
+    return record
 
 
 def _more(n: int) -> str:

@@ -183,6 +183,8 @@ CASES = [
     *[Case(f"scale {s}", ["upscale", "{d}/ok.png", f"--scale={s}", *UP],
            lambda f, out, s=s: _up(f, out, "ok.png", scale=s), "scale")
       for s in ("0", "-2", "nan", "inf", "0.5", "two")],
+    Case("--samples 0", ["upscale", "{d}/ok.png", "--scale", "2", "--samples", "0", *UP],
+         lambda f, out: _up(f, out, "ok.png", num_samples=0), "--samples 0 is impossible"),
     Case("size conflicts with scale", ["upscale", "{d}/ok.png", "--scale", "2", "--size",
                                        "100x100", *UP],
          lambda f, out: _up(f, out, "ok.png", scale=2, size="100x100"), "conflicts with --scale"),

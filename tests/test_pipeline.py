@@ -35,3 +35,337 @@ def test_bad_size_strings(text):
 
 def test_size_is_width_by_height():
     assert parse_size("640x480") == (480, 640)
+
+
+# -- the cascade: planner, pipeline object, save/load, CLI ------------------------------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from cascade.cli import main  # noqa: E402
+from cascade.errors import CheckpointError, ConfigError  # noqa: E402
+from cascade.pipeline import (  # noqa: E402
+    CascadePipeline,
+    PipelineConfig,
+    lattice_coords,
+    make_plan,
+    save_calibration,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_LAINR = ROOT / "configs" / "tiny" / "lainr.yaml"
+TINY_SR3 = ROOT / "configs" / "tiny" / "sr3_x2.yaml"
+TINY_UNET = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                 norm_num_groups=4, attention_head_dim=4)
+FAST = dict(steps=2, sampler="ddim")
+
+
+def _names(plan):
+    return [(s.stage, tuple(s.out_size)) for s in plan.steps]
+
+
+def test_plan_diffusion_takes_x2_steps_at_the_end_and_lainr_the_rest():
+    # x4 with one stage: LAINR x2, then the stage
+    p = make_plan((80, 120), (320, 480), ["sr3_x2"], "inr+1")
+    assert _names(p) == [("lainr", (160, 240)), ("sr3_x2", (320, 480))] and not p.notes
+    # x4 with two stages: no LAINR at all (its step would be the identity)
+    p = make_plan((80, 120), (320, 480), ["a", "b"], "inr+2")
+    assert _names(p) == [("a", (160, 240)), ("b", (320, 480))]
+    # x3 with two stages: one x2 step, LAINR x1.5; the plan says why b is unused
+    p = make_plan((80, 120), (240, 360), ["a", "b"], "inr+2")
+    assert _names(p) == [("lainr", (120, 180)), ("a", (240, 360))]
+    assert "1 of 2 diffusion stage(s) unused" in p.notes[0]
+    # below x2 (or with no stage) LAINR does everything
+    assert _names(make_plan((10, 10), (15, 15), ["a"], "inr+1")) == [("lainr", (15, 15))]
+    assert _names(make_plan((10, 10), (65, 65), [], "inr")) == [("lainr", (65, 65))]
+    # an exact size with another aspect: the axis that grows least decides the x2 steps
+    p = make_plan((10, 10), (25, 50), ["a", "b"], "inr+2")
+    assert _names(p) == [("lainr", (13, 25)), ("a", (26, 50))]
+    assert _names(make_plan((10, 10), (40, 40), [], "bicubic")) == [("bicubic", (40, 40))]
+
+
+def test_plan_for_sizes_not_divisible_by_the_x2_steps_renders_and_crops():
+    p = make_plan((100, 100), (650, 650), ["a", "b"], "inr+2")  # x6.5
+    assert _names(p) == [("lainr", (163, 163)), ("a", (326, 326)), ("b", (652, 652))]
+    assert p.steps[0].scale == (1.625, 1.625)  # on the output lattice: 650 / 4 / 100
+    assert p.describe().endswith("cropped to 650x650")
+    assert "-> crop 650x650" in p.describe()
+    d = p.to_dict()
+    assert d["summary"] == p.describe() and d["steps"][1]["stage"] == "a"
+
+
+def test_lattice_coords_extend_the_grid_past_the_edge_on_the_output_pitch():
+    from cascade.data.coords import make_cell, make_coord
+
+    coord, cell = lattice_coords((5, 7), (5, 7))
+    torch.testing.assert_close(coord, make_coord((5, 7)))
+    torch.testing.assert_close(cell, make_cell((5, 7), 35))
+    coord, _ = lattice_coords((3, 1), (2.5, 1.0))  # pitch 2 / 2.5: centres -0.6, 0.2, 1.0
+    torch.testing.assert_close(coord[:, 0], torch.tensor([-0.6, 0.2, 1.0]))
+
+
+def _tiny_lainr():
+    from omegaconf import OmegaConf
+
+    from cascade.inr.model import LAINR
+    from cascade.train import load_train_config
+
+    cfg = load_train_config(TINY_LAINR, ["model.head_init_std=0"])  # exactly bicubic
+    torch.manual_seed(0)
+    return LAINR(**OmegaConf.to_container(cfg.model, resolve=True)), cfg
+
+
+def _stage(seed=0, zero=False, upsampler=None, **sampling):
+    from cascade.diffusion.process import ProcessConfig
+    from cascade.diffusion.sampling import SamplingConfig
+    from cascade.diffusion.stage import SR3Stage
+    from cascade.diffusion.unet import ConditionalUNet
+    from cascade.upsamplers import BicubicUpsampler
+
+    torch.manual_seed(seed)
+    unet = ConditionalUNet(**TINY_UNET)
+    if zero:  # the network's output is 0: the stage returns its conditioning
+        torch.nn.init.zeros_(unet.unet.conv_out.weight)
+        torch.nn.init.zeros_(unet.unet.conv_out.bias)
+    return SR3Stage(unet, ProcessConfig(), SamplingConfig(**sampling), scale=2.0,
+                    upsampler=upsampler or BicubicUpsampler())
+
+
+def _ramp(h, w):
+    ys = -1 + (2 * torch.arange(h) + 1) / h
+    xs = -1 + (2 * torch.arange(w) + 1) / w
+    return 0.2 + 0.15 * (ys[:, None] + 1) + 0.125 * (xs[None, :] + 1)  # (h, w)
+
+
+@pytest.mark.parametrize("size", [(80, 96), (83, 101), (61, 77)])
+def test_every_output_pixel_lands_where_a_direct_resample_puts_it(size):
+    """A linear ramp through LAINR (bicubic here) and two stages that return their (bicubic)
+    conditioning: in the interior the output is the ramp at the output's pixel centres,
+    also when the size is not divisible by the x2 steps (LAINR on the output lattice, crop).
+    Rendering the LAINR step on its own grid instead puts the ramp 0.008 off."""
+    lainr, _ = _tiny_lainr()
+    zero = dict(temperature=0.0, projection=0.0, aug_level=0.0, steps=2)
+    pipe = CascadePipeline(lainr, [("a", _stage(zero=True, **zero)),
+                                   ("b", _stage(zero=True, **zero))])
+    out = pipe(_ramp(20, 24).expand(3, -1, -1), size=size)
+    assert tuple(out.mean.shape) == (3, *size) and out.plan.stochastic
+    err = (out.mean[0] - _ramp(*size))[10:-10, 10:-10].abs().max()
+    assert err < 2e-3  # LAINR's own bicubic base (a = -0.75) is this far from a ramp
+
+
+def test_lainr_only_is_model_upscale_and_chunking_changes_nothing():
+    lainr, _ = _tiny_lainr()
+    img = torch.rand(3, 30, 26, generator=torch.Generator().manual_seed(0))
+    pipe = CascadePipeline(lainr)
+    one = pipe(img, scale=2.7, num_samples=3)
+    chunked = pipe(img, scale=2.7, lainr_chunk=97)
+    ref = lainr.upscale(img[None], size=(81, 70)).clamp(0, 1)[0]
+    torch.testing.assert_close(one.mean, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked.mean, one.mean, atol=1e-5, rtol=0)
+    assert one.samples.shape == (3, 3, 81, 70) and float(one.std.abs().max()) == 0
+    assert not one.plan.stochastic and one.plan.stages == "inr"
+
+
+def test_one_stage_pipeline_reproduces_the_stage_and_samples_do_not_depend_on_n():
+    from cascade.data.degrade import upscale_bicubic
+
+    lainr, _ = _tiny_lainr()
+    stage = _stage()
+    pipe = CascadePipeline(lainr, [("sr3_x2", stage)])
+    lr = torch.rand(3, 16, 20, generator=torch.Generator().manual_seed(1))
+    out = pipe(lr, scale=2, num_samples=3, seed=5, tiling={"tile": -1}, **FAST)
+    direct = stage(lr[None], num_samples=3, seed=5, cond=upscale_bicubic(lr[None], (32, 40)),
+                   **FAST)[0]
+    torch.testing.assert_close(out.samples, direct, atol=1e-6, rtol=0)
+    # sample i is the same whatever N and however the samples are batched
+    two = CascadePipeline(lainr, [("a", _stage(0)), ("b", _stage(1))])
+    many = two(lr, scale=4, num_samples=3, seed=2, **FAST)
+    few = two(lr, scale=4, num_samples=2, seed=2, max_batch=1, **FAST)
+    torch.testing.assert_close(few.samples, many.samples[:2], atol=1e-5, rtol=0)
+    assert (many.samples[0] - many.samples[1]).abs().max() > 1e-3
+
+
+def test_mean_std_and_streamed_samples_agree_with_the_kept_samples():
+    lainr, _ = _tiny_lainr()
+    pipe = CascadePipeline(lainr, [("sr3_x2", _stage())])
+    lr = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(2))
+    kept = pipe(lr, scale=3, num_samples=4, **FAST)
+    torch.testing.assert_close(kept.mean, kept.samples.mean(0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(kept.std, kept.samples.std(0), atol=1e-6, rtol=0)
+    seen = []
+    streamed = pipe(lr, scale=3, num_samples=4, keep_samples=False, max_batch=3,
+                    on_sample=lambda i, x: seen.append((i, x.clone())), **FAST)
+    assert streamed.samples is None and [i for i, _ in seen] == [0, 1, 2, 3]
+    torch.testing.assert_close(torch.stack([x for _, x in seen]), kept.samples, atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(streamed.std, kept.std, atol=1e-5, rtol=0)
+    lo, hi = kept.quantiles(0.5)
+    assert bool((lo <= kept.samples.median(0).values + 1e-6).all()) and bool((lo <= hi).all())
+    assert kept.image is kept.mean
+    assert pipe(lr, scale=3, num_samples=2, output="sample", **FAST).image.shape == (3, 36, 36)
+
+
+def test_tiled_pipeline_matches_untiled():
+    lainr, _ = _tiny_lainr()
+    pipe = CascadePipeline(lainr, [("sr3_x2", _stage())])
+    lr = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(3))
+    whole = pipe(lr, scale=2, tiling={"tile": -1}, **FAST)
+    tiled = pipe(lr, scale=2, tiling={"tile": 32, "overlap": 8}, **FAST)
+    assert tiled.plan.steps[-1].tiles == 9 and whole.plan.steps[-1].tiles == 1
+    assert float((tiled.mean - whole.mean).abs().mean()) < 0.01
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A checkpoints folder: tiny lainr/ and sr3_x2/ (conditioned by that LAINR), no sr3_x2_b/."""
+    from cascade.checkpoint import save_checkpoint
+    from cascade.diffusion.unet import ConditionalUNet
+    from cascade.train import load_train_config
+
+    root = tmp_path_factory.mktemp("ckpts")
+    lainr, cfg = _tiny_lainr()
+    save_checkpoint(root / "lainr", lainr.state_dict(), cfg, "lainr")
+    scfg = load_train_config(TINY_SR3, ["conditioning.upsampler=lainr",
+                                        f"conditioning.checkpoint={root / 'lainr'}"])
+    torch.manual_seed(0)
+    save_checkpoint(root / "sr3_x2", ConditionalUNet(**TINY_UNET).state_dict(), scfg, "sr3")
+    return root
+
+
+def test_from_pretrained_assembles_a_checkpoints_folder_and_names_a_missing_stage(folder):
+    pipe = CascadePipeline.from_pretrained(folder)
+    assert [d.name for d in pipe.diffusion] == ["sr3_x2"]
+    assert pipe.resolve_stages("auto")[0] == "inr+1"
+    with pytest.raises(CheckpointError, match="sr3_x2_b, which does not exist") as e:
+        pipe.resolve_stages("inr+2")
+    assert "\n" not in str(e.value) and "--stages inr+1" in str(e.value)
+    assert not CascadePipeline.from_pretrained(folder, max_diffusion=0).diffusion
+    with pytest.raises(CheckpointError, match="neither pipeline.json nor lainr"):
+        CascadePipeline.from_pretrained(folder / "sr3_x2")
+    with pytest.raises(ConfigError, match="samples"):
+        CascadePipeline.from_pretrained(folder, num_samples=0)
+
+
+def test_save_pretrained_round_trip_is_self_contained_and_identical(folder, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(folder, src)
+    pipe = CascadePipeline.from_pretrained(src, steps=2, sampler="ddim")
+    lr = torch.rand(3, 14, 18, generator=torch.Generator().manual_seed(4))
+    a = pipe(lr, scale=3, num_samples=2, seed=7)
+    saved = pipe.save_pretrained(tmp_path / "pipe")
+    meta = json.loads((saved / "pipeline.json").read_text())
+    assert meta["diffusion"] == [{"name": "sr3_x2", "path": "sr3_x2", "conditioning": "lainr"}]
+    assert meta["config"]["steps"] == 2
+    shutil.rmtree(src)  # the saved folder must not need the original checkpoints
+    again = CascadePipeline.from_pretrained(saved)
+    b = again(lr, scale=3, num_samples=2, seed=7)
+    torch.testing.assert_close(b.samples, a.samples, atol=0, rtol=0)
+    again.save_pretrained(saved)  # saving over itself works
+    c = CascadePipeline.from_pretrained(saved)(lr, scale=3, num_samples=2, seed=7)
+    torch.testing.assert_close(c.samples, a.samples, atol=0, rtol=0)
+
+
+def test_calibration_is_saved_with_the_pipeline_and_used_by_intervals(folder, tmp_path):
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "ck")
+    pipe = CascadePipeline.from_pretrained(tmp_path / "ck")
+    lr = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(5))
+    out = pipe(lr, scale=4, num_samples=2, **FAST)
+    with pytest.raises(Exception, match="cascade calibrate"):
+        out.interval()
+    for scale, factor in ((2.0, 1.5), (4.0, 2.5)):
+        save_calibration(pipe, {"stages": ["sr3_x2"], "scale": scale, "num_samples": 8,
+                                "factor": factor, "std_floor": 0.002})
+    again = CascadePipeline.from_pretrained(tmp_path / "ck")
+    assert len(again.calibration) == 2
+    out = again(lr, scale=3.5, num_samples=2, **FAST)
+    assert out.calibration["factor"] == 2.5  # the nearest scale
+    lo, hi = out.interval()
+    torch.testing.assert_close(hi - lo, 5.0 * out.std.clamp_min(0.002))
+
+
+def test_cascade_method_for_evaluate(folder):
+    from cascade.evaluation.methods import make_method
+
+    m = make_method("cascade", {"pipeline": str(folder), "steps": 2, "num_samples": 2})
+    assert m.settings["stages"] == "inr+1" and m.settings["diffusion"] == ["sr3_x2"]
+    assert m.settings["steps"] == 2 and m.settings["sampler"] == "dpm"  # default filled in
+    lr = torch.rand(1, 3, 10, 12)
+    assert m(lr, (40, 48)).shape == (1, 3, 40, 48)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        make_method("cascade", {"pipeline": str(folder), "stepz": 2})
+
+
+def test_upscale_cli_writes_samples_std_map_and_run_json(folder, tmp_path, capsys):
+    from cascade.data.io import load_image, save_image
+
+    img = tmp_path / "in" / "photo.png"
+    save_image(torch.rand(3, 12, 14, generator=torch.Generator().manual_seed(6)), img)
+    out = tmp_path / "out"
+    assert main(["upscale", str(img), "--scale", "3", "--samples", "3", "--steps", "2",
+                 "--pipeline", str(folder), "--out", str(out), "tiling.tile=16"]) == 0
+    assert tuple(load_image(out / "photo_x3.png").shape) == (3, 36, 42)
+    assert sorted(p.name for p in (out / "photo_x3_samples").iterdir()) == [
+        "sample_00.png", "sample_01.png", "sample_02.png"]
+    from PIL import Image
+
+    assert Image.open(out / "photo_x3_std.png").size[0] > 42  # a heatmap with its colour bar
+    run = json.loads((out / "run.json").read_text())
+    rec = run["outputs"][0]
+    assert run["stages"] == "inr+1" and run["settings"]["num_samples"] == 3
+    assert run["settings"]["tiling"]["tile"] == 16
+    assert [s["stage"] for s in rec["plan"]["steps"]] == ["lainr", "sr3_x2"]
+    assert rec["plan"]["steps"][1]["tiles"] > 1
+    assert {"lainr", "sr3_x2", "total"} <= set(rec["timings"])
+    # --output sample: the image is the first sample
+    assert main(["upscale", str(img), "--scale", "3", "--samples", "2", "--steps", "2",
+                 "--pipeline", str(folder), "--out", str(tmp_path / "o2"), "--output",
+                 "sample"]) == 0
+    torch.testing.assert_close(load_image(tmp_path / "o2" / "photo_x3.png"),
+                               load_image(tmp_path / "o2" / "photo_x3_samples" /
+                                          "sample_00.png"))
+    # --stages inr+2 without sr3_x2_b: one line naming it, nothing written
+    capsys.readouterr()
+    bad = tmp_path / "o3"
+    assert main(["upscale", str(img), "--scale", "4", "--stages", "inr+2", "--pipeline",
+                 str(folder), "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sr3_x2_b" in err[0] and not bad.exists()
+
+
+def test_calibrate_cli_fits_reports_and_saves(folder, tmp_path, capsys):
+    import shutil
+
+    from cascade.data.datasets import resolve_dataset
+    from cascade.data.io import save_image
+
+    ck = tmp_path / "ck"
+    shutil.copytree(folder, ck)
+    ds = resolve_dataset("builtin")
+    for i in range(4):
+        save_image(ds[i]["image"][:, 60:92, 60:92], tmp_path / "data" / f"{i}.png")
+    assert main(["calibrate", "--data", str(tmp_path / "data"), "--scale", "2", "--samples",
+                 "3", "--steps", "2", "--pipeline", str(ck), "--out", str(tmp_path / "rep"),
+                 "--alpha", "0.2"]) == 0
+    text = capsys.readouterr().out
+    assert "coverage" in text and "Spearman" in text and "AUSE" in text
+    entry = json.loads((ck / "calibration.json").read_text())["entries"][0]
+    assert entry["stages"] == ["sr3_x2"] and entry["fit_images"] == 2
+    assert entry["factor"] > 0 and 0 <= entry["test"]["coverage"] <= 1
+    assert (tmp_path / "rep" / "calibration_x2.json").is_file()
+    assert CascadePipeline.from_pretrained(ck).calibration[0]["factor"] == entry["factor"]
+    assert main(["calibrate", "--data", str(tmp_path / "data"), "--scale", "2", "--samples",
+                 "1", "--pipeline", str(ck)]) == 2
+    assert "2 or more samples" in capsys.readouterr().err
+
+
+def test_pipeline_config_file_matches_the_schema():
+    from cascade.upscale import pipeline_settings
+
+    cfg = pipeline_settings(str(ROOT / "configs" / "pipeline.yaml"))
+    assert cfg == PipelineConfig()

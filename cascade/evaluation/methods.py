@@ -127,6 +127,57 @@ class SR3Method(Method):
         return x.mean(1).to(lr.device)  # (B, 3, H, W): the mean of the N samples
 
 
+@METHODS.register("cascade")
+class CascadeMethod(Method):
+    """The whole cascade (``cascade.pipeline``): LAINR, then the x2 diffusion stages the plan
+    uses at this scale; the output is the mean of ``num_samples`` samples (``output: sample``
+    for the first sample instead).
+
+    Settings: ``pipeline`` (folder), ``stages`` (auto | inr | inr+1 | inr+2; recorded
+    resolved), ``checkpoint`` (a LAINR checkpoint replacing the pipeline's), the sampler knobs
+    (``sampler``, ``steps``, ``eta``, ``temperature``, ``aug_level``, ``projection``; recorded
+    with the stage defaults filled in), ``num_samples``, ``seed``, ``output``.
+    """
+
+    name = "cascade"
+
+    def __init__(self, pipeline: str = "checkpoints", stages: str = "auto",
+                 checkpoint: str | None = None, num_samples: int = 1, seed: int = 0,
+                 output: str = "mean", sampler: str | None = None, steps: int | None = None,
+                 eta: float | None = None, temperature: float | None = None,
+                 aug_level: float | None = None, projection: float | None = None) -> None:
+        from cascade.pipeline import CascadePipeline, stages_needed
+
+        knobs = dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature,
+                     aug_level=aug_level, projection=projection)
+        self.pipe = CascadePipeline.from_pretrained(
+            pipeline, lainr=checkpoint, max_diffusion=stages_needed(stages), stages=stages,
+            num_samples=num_samples, seed=seed, output=output, **knobs)
+        spec, used = self.pipe.resolve_stages()
+        self.pipe.config.stages = spec
+        resolved = vars(used[0].stage.knobs(**knobs)) if used else {}
+        settings: dict[str, Any] = {"pipeline": str(pipeline), "stages": spec,
+                                    "diffusion": [d.name for d in used], **resolved,
+                                    "num_samples": int(num_samples), "seed": int(seed),
+                                    "output": output}
+        if checkpoint is not None:
+            settings["checkpoint"] = str(checkpoint)
+        super().__init__(**settings)
+
+    @property
+    def num_params(self) -> int:
+        stages = [d.stage.num_params for d in self.pipe.diffusion]
+        return sum(p.numel() for p in self.pipe.lainr.parameters()) + sum(stages)
+
+    def to(self, device: torch.device | str) -> Method:
+        self.pipe.to(device)
+        return self
+
+    def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        outs = [self.pipe(x, size=tuple(size)).image for x in lr]  # one image at a time
+        return torch.stack(outs).to(lr.device)  # (B, 3, H, W)
+
+
 def make_method(name: str, settings: dict[str, Any] | None = None) -> Method:
     """Build a registered method from its settings; an unknown setting is a ConfigError."""
     import difflib
