@@ -134,6 +134,19 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # -- upscale --------------------------------------------------------------------------------
 
+SAMPLING_FLAGS = ["num_samples", "steps", "sampler", "projection", "seed"]
+
+
+def _add_sampling_flags(p, default_samples: int) -> None:
+    """The cascade's sampling flags (``PipelineConfig`` fields; None = not given)."""
+    p.add_argument("--samples", dest="num_samples", type=int,
+                   help=f"N samples (default {default_samples})")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the stage's)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"])
+    p.add_argument("--projection", type=float, help="consistency projection w in [0, 1]")
+    p.add_argument("--seed", type=int, help="sample i uses seed (SEED, i) (default 0)")
+
+
 def _add_upscale(sub) -> None:
     p = sub.add_parser("upscale", help="upscale images to any scale or size (N samples, std maps)",
                        description="Upscale INPUT files (files, folders or globs) through LAINR "
@@ -153,11 +166,7 @@ def _add_upscale(sub) -> None:
                         "sr3_x2/, sr3_x2_b/ (default checkpoints)")
     p.add_argument("--checkpoint", help="LAINR checkpoint folder replacing the pipeline's "
                                         "(with --stages auto: LAINR only)")
-    p.add_argument("--samples", dest="num_samples", type=int, help="N samples (default 1)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the stage's)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"])
-    p.add_argument("--projection", type=float, help="consistency projection w in [0, 1]")
-    p.add_argument("--seed", type=int, help="sample i uses seed (SEED, i) (default 0)")
+    _add_sampling_flags(p, default_samples=1)
     p.add_argument("--output", choices=["mean", "sample"],
                    help="what NAME_x{S}.png holds: the mean of the samples (default) or the "
                         "first sample")
@@ -192,8 +201,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
                              checkpoint=args.checkpoint, out=args.out, device=args.device,
                              max_megapixels=args.max_megapixels, pipeline=args.pipeline,
                              config=args.config, overrides=overrides,
-                             **_given(args, ["num_samples", "steps", "sampler", "projection",
-                                             "seed", "output"]))
+                             **_given(args, [*SAMPLING_FLAGS, "output"]))
     return 1 if failures else 0
 
 
@@ -211,11 +219,7 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--scale", required=True, help="the scale to calibrate, e.g. 4")
     p.add_argument("--pipeline", default="checkpoints", help="pipeline or checkpoints folder")
     p.add_argument("--stages", choices=["auto", "inr+1", "inr+2"])
-    p.add_argument("--samples", dest="num_samples", type=int, help="N samples (default 8)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"])
-    p.add_argument("--projection", type=float)
-    p.add_argument("--seed", type=int)
+    _add_sampling_flags(p, default_samples=8)
     p.add_argument("--alpha", type=float, help="target miscoverage (default 0.1: 90%% intervals)")
     p.add_argument("--crop", type=int, default=0,
                    help="calibrate on centre crops of this many HR pixels (faster; 0 = whole)")
@@ -235,8 +239,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     report = calibrate(args.data, args.scale, pipeline=args.pipeline, crop=args.crop,
                        max_images=args.max_images, out=args.out, save=not args.no_save,
                        device=args.device, overrides=args.overrides,
-                       **_given(args, ["stages", "num_samples", "steps", "sampler",
-                                       "projection", "seed", "alpha"]))
+                       **_given(args, ["stages", *SAMPLING_FLAGS, "alpha"]))
     print(format_report(report))
     return 0
 

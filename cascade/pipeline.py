@@ -549,7 +549,7 @@ class CascadePipeline:
         # The first stage's conditioning does not depend on the sample: compute it once.
         step0, stage0 = stages[0]
         t0 = time.perf_counter()
-        cond0 = stage0.upsampler(x.to(stage0.device), step0.out_size)
+        cond0 = _condition(stage0, x.to(stage0.device), step0.out_size, progress)
         timings[f"{step0.stage}.conditioning"] = time.perf_counter() - t0
         rows_per_batch = max(1, min(cfg.max_batch, n,
                                     int(cfg.batch_megapixels * 1e6 // (H * W))))
@@ -564,7 +564,7 @@ class CascadePipeline:
                 if j == 0:
                     cond = cond0.expand(len(rows), -1, -1, -1)
                 else:
-                    cond = stage.upsampler(y, step.out_size)
+                    cond = _condition(stage, y.to(stage.device), step.out_size, progress)
                     timings[f"{step.stage}.conditioning"] = (
                         timings.get(f"{step.stage}.conditioning", 0.0) + time.perf_counter() - t0)
                     t0 = time.perf_counter()
@@ -663,6 +663,18 @@ def lainr_resample(model, lr: Tensor, count: tuple[int, int], virtual: tuple[flo
         parts.append(model.decode(latents, coord[i:i + chunk].expand(B, -1, -1),
                                   cell[i:i + chunk].expand(B, -1, -1)))
     return torch.cat(parts, dim=1).transpose(1, 2).reshape(B, 3, *count)
+
+
+def _condition(stage, x: Tensor, size: tuple[int, int], progress: bool) -> Tensor:
+    """The stage's conditioning ``U(x)`` at ``size``; a LAINR upsampler decodes through
+    ``lainr_resample`` (same queries as ``LAINR.upscale``) to show its progress."""
+    up = stage.upsampler
+    if up is None:
+        raise ConfigError("this diffusion stage has no conditioning upsampler")
+    model = getattr(up, "model", None)
+    if model is None or not hasattr(model, "decode"):
+        return up(x, size)
+    return lainr_resample(model, x, size, size, getattr(up, "chunk", 65536), progress)
 
 
 def _padded(stage, hw: tuple[int, int]) -> tuple[int, int]:
