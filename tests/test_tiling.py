@@ -15,7 +15,6 @@ from cascade.diffusion.tiling import (
     blend_window,
     border_lines,
     fit_tile,
-    layout,
     seam_ratio,
     tile_starts,
 )
