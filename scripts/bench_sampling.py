@@ -87,6 +87,28 @@ def _gflops(stage, batch: int, crop: int, repeats: int) -> tuple[float, float]:
     return flops / sec / 1e9, 2 * n**3 / mm / 1e9
 
 
+def print_table(rows: list[dict]) -> None:
+    """The sampler table; the last columns compare each diffusion row with DDPM 1000."""
+    ref = next((r for r in rows if r["method"] == "ddpm 1000"), None)
+
+    def fmt(v, f):
+        return "-" if v is None else format(v, f)
+
+    print("| sampler | s/image | LR-PSNR | PSNR | SWD | HF ratio | speed-up vs DDPM 1000 "
+          "| SWD vs DDPM 1000 | HF ratio vs DDPM 1000 |")
+    print("|---" * 9 + "|")
+    for r in rows:
+        sp = dswd = dhf = None
+        if ref is not None and r["seconds"] and r is not ref and r["method"][0] == "d":
+            sp = ref["seconds"] / r["seconds"]
+            dswd = 100 * (r["swd"] - ref["swd"]) / ref["swd"]
+            dhf = 100 * (r["hf_ratio"] - ref["hf_ratio"]) / ref["hf_ratio"]
+        print(f"| {r['method']} | {fmt(r['seconds'], '.2f')} | {r['lr_psnr']:.2f} | "
+              f"{r['psnr']:.2f} | {r['swd']:.1f} | {r['hf_ratio']:.3f} | "
+              f"{fmt(sp, '.1f') + 'x' if sp else '-'} | {fmt(dswd, '+.1f') + '%' if sp else '-'} "
+              f"| {fmt(dhf, '+.1f') + '%' if sp else '-'} |")
+
+
 def main() -> None:
     from cascade.data.degrade import upscale_bicubic
     from cascade.diffusion.pretrained import load_sr3
@@ -101,7 +123,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats for GFLOP/s")
     ap.add_argument("--out", default="outputs/bench_sampling")
+    ap.add_argument("--table", metavar="JSON", help="only print the table of an earlier run's "
+                    "bench_sampling.json")
     args = ap.parse_args()
+    if args.table:
+        print_table(json.loads(Path(args.table).read_text())["rows"])
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -123,29 +150,10 @@ def main() -> None:
         samples[spec] = x
         rows.append({"method": f"{name} {steps}", "seconds": sec, **_quality(x, hr, lr, s)})
         print(f"  {spec}: {sec:.2f} s/image", flush=True)
-    ref = next((r for r in rows if r["method"] == "ddpm 1000"), None)
-
-    def fmt(v, f):
-        return "-" if v is None else format(v, f)
-
     print(f"\nx{s:g} diffusion stage {args.checkpoint}, {len(hr)} held-out {args.crop}x{args.crop} "
           f"crops ({', '.join(names)}), projection w={args.projection:g}, seed {args.seed}, "
           f"{torch.get_num_threads()} CPU threads")
-    head = ("| sampler | s/image | LR-PSNR | PSNR | SWD | HF ratio | speed-up vs DDPM 1000 "
-            "| SWD vs DDPM 1000 | HF gap vs DDPM 1000 |")
-    print(head)
-    print("|---" * 9 + "|")
-    for r in rows:
-        sp = dswd = dhf = None
-        if ref is not None and r["seconds"] and r is not ref and r["method"][0] in "d":
-            sp = ref["seconds"] / r["seconds"]
-            dswd = 100 * (r["swd"] - ref["swd"]) / ref["swd"]
-            gap, ref_gap = abs(1 - r["hf_ratio"]), abs(1 - ref["hf_ratio"])
-            dhf = 100 * (gap - ref_gap) / max(ref_gap, 1e-9)
-        print(f"| {r['method']} | {fmt(r['seconds'], '.2f')} | {r['lr_psnr']:.2f} | "
-              f"{r['psnr']:.2f} | {r['swd']:.1f} | {r['hf_ratio']:.3f} | "
-              f"{fmt(sp, '.1f') + 'x' if sp else '-'} | {fmt(dswd, '+.1f') + '%' if sp else '-'} "
-              f"| {fmt(dhf, '+.1f') + '%' if sp else '-'} |")
+    print_table(rows)
     cfg = stage_train_shape(args.checkpoint)
     unet_gf, mm_gf = _gflops(stage, cfg[0], cfg[1], args.repeats)
     print(f"\nUNet training step (batch {cfg[0]}, {cfg[1]}x{cfg[1]}, fwd+bwd+AdamW): "
