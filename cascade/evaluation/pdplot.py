@@ -45,6 +45,14 @@ def pareto_front(points: list[tuple[float, float]], x_higher_better: bool) -> li
     return front
 
 
+def _short(e: dict[str, Any], entries: list[dict[str, Any]]) -> str:
+    """A point's label in the plot: the method alone when it has one point in the panel (its
+    full settings are in the tables), else the method and the settings that vary."""
+    if sum(o["method"] == e["method"] for o in entries) == 1:
+        return e["method"]
+    return e["label"] if len(e["label"]) <= 40 else e["label"][:39] + "..."
+
+
 def pd_plot(secs, dest: Path, x: str = "psnr") -> Path | None:
     """One panel per dataset x scale; None (no file) when no section has a perception axis."""
     import matplotlib
@@ -74,7 +82,7 @@ def pd_plot(secs, dest: Path, x: str = "psnr") -> Path | None:
         pts = [(distortion(e, x), e[y]) for e in entries]
         for (px, py), e in zip(pts, entries):
             ax.scatter(px, py, color=colors[e["method"]], s=28, zorder=3)
-            ax.annotate(e["label"], (px, py), fontsize=6, xytext=(3, 3),
+            ax.annotate(_short(e, entries), (px, py), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
         front = pareto_front(pts, x_higher_better=(x == "psnr"))
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="0.4",
