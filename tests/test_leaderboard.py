@@ -135,3 +135,18 @@ def test_leaderboard_of_a_folder_without_results_is_one_line(tmp_path, capsys):
     assert main(["leaderboard", str(tmp_path), "--sort", "params"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot rank by 'params'" in err[0]
+
+
+def test_a_row_over_fewer_images_is_flagged_ranked_last_and_never_best():
+    from cascade.evaluation.leaderboard import sections
+
+    def row(method, image, psnr):
+        return {"dataset": "set14", "scale": 4.0, "method": method, "settings": {},
+                "image": image, "psnr": psnr, "seconds": 1.0}
+
+    rows = [row("bicubic", f"im{i}", 20.0) for i in range(3)]
+    rows += [row("partial", "im0", 30.0)]
+    (sec,) = sections(rows)
+    assert [e["method"] for e in sec.entries] == ["bicubic", "partial"]
+    assert sec.entries[1]["label"].endswith("[incomplete: 1/3 images]")
+    assert sec.best["psnr"] == set()  # a lone complete value is not "best" either

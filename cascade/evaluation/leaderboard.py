@@ -102,11 +102,18 @@ def sections(rows: list[dict[str, Any]], sort: str = "psnr") -> list[Section]:
         first.setdefault(r["dataset"], len(first))
     for (dataset, scale), entries in sorted(groups.items(),
                                             key=lambda g: (first[g[0][0]], g[0][1])):
-        entries.sort(key=lambda e: (_score(col, e.get(sort)) is None,
+        # A row over fewer images than the others (an interrupted run) is not comparable:
+        # it says so in its label, ranks last and is never marked best.
+        n = max(e["images"] for e in entries)
+        for e in entries:
+            e["incomplete"] = e["images"] < n
+            if e["incomplete"]:
+                e["label"] += f" [incomplete: {e['images']}/{n} images]"
+        entries.sort(key=lambda e: (e["incomplete"], _score(col, e.get(sort)) is None,
                                     -(_score(col, e.get(sort)) or 0.0), e["label"]))
         best = {}
         for c in COLUMNS:
-            scores = [_score(c, e.get(c.key)) for e in entries]
+            scores = [None if e["incomplete"] else _score(c, e.get(c.key)) for e in entries]
             valid = [s for s in scores if s is not None]
             top = max(valid) if len(valid) > 1 else None  # a lone value is not "best"
             best[c.key] = {i for i, s in enumerate(scores) if top is not None and s == top}
