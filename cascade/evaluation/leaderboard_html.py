@@ -88,14 +88,25 @@ def _ground_truth(results_dir: Path, dataset: str, name: str, scale: float):
     return None
 
 
+def _variant_path(results_dir: Path, e: dict) -> Path:
+    """An entry's image folder; found by its settings digest when the readable part of the
+    name was written with the settings in another order."""
+    path = results_dir / "images" / variant_dir(e["method"], json.loads(e["settings"]))
+    if not path.is_dir() and "-" in path.name:
+        digest = path.name.rsplit("-", 1)[1]
+        found = sorted(path.parent.glob(f"*-{digest}"))
+        if found:
+            return found[0]
+    return path
+
+
 def thumbnails(sec: Section, results_dir: Path, image: str | None = None) -> str:
     """HTML figures: the same crop of one image, ground truth then each entry's output."""
     from cascade.data.io import load_image
     from cascade.evaluation.figures import detailed_window
 
     sub = Path(sec.dataset) / f"x{format_scale(sec.scale)}"
-    dirs = [results_dir / "images" / variant_dir(e["method"], json.loads(e["settings"])) / sub
-            for e in sec.entries]
+    dirs = [_variant_path(results_dir, e) / sub for e in sec.entries]
     names = [{p.stem for p in d.glob("*.png")} for d in dirs]
     have = [i for i, n in enumerate(names) if n]
     if not have:

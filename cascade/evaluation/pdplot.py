@@ -66,7 +66,8 @@ def pd_plot(secs, dest: Path, x: str = "psnr") -> Path | None:
         raise ValueError(f"x must be 'psnr' or 'rmse', got {x!r}")
     panels = []
     for s in secs:
-        entries = [e for e in s.entries if distortion(e, x) is not None]
+        entries = [e for e in s.entries
+                   if distortion(e, x) is not None and not e.get("incomplete")]
         y = perception_key(entries)
         if y is not None:
             panels.append((s, entries, y))
