@@ -110,7 +110,7 @@ class PipelineConfig:
     tiling: TileConfig = field(default_factory=TileConfig)
     lainr_chunk: int = 65536  # LAINR queries decoded at once
     max_batch: int = 8  # samples drawn together ...
-    batch_megapixels: float = 2.0  # ... as long as samples x output pixels stay below this
+    batch_megapixels: float = 0.5  # ... as long as samples x output pixels stay below this
     alpha: float = 0.1  # intervals cover with probability >= 1 - alpha (cascade calibrate)
     std_floor: float = 0.002  # smallest std an interval is built on (~half a grey level)
 
@@ -467,21 +467,24 @@ class CascadePipeline:
         return spec, list(self.diffusion[:k])
 
     def plan(self, in_hw: tuple[int, int], out_hw: tuple[int, int],
-             stages: str | None = None, tiling: TileConfig | None = None) -> Plan:
+             stages: str | None = None, cfg: PipelineConfig | None = None) -> Plan:
+        cfg = cfg or self.config
         spec, diffusion = self.resolve_stages(stages)
         plan = make_plan(in_hw, out_hw, [d.name for d in diffusion], spec)
         by_name = {d.name: d for d in diffusion}
+        rows = rows_per_batch(cfg, *out_hw)
         for step in plan.diffusion:
-            step.tiles = len(self._denoiser(by_name[step.stage].stage,
-                                            tiling or self.config.tiling)
-                             .tiles_for(*_padded(by_name[step.stage].stage, step.in_size)))
+            stage = by_name[step.stage].stage
+            step.tiles = len(self._denoiser(stage, cfg.tiling)
+                             .tiles_for(*_padded(stage, step.in_size), rows))
         return plan
 
     def _denoiser(self, stage, tiling: TileConfig, progress: bool = False):
         from cascade.diffusion.tiling import TiledDenoiser, auto_tiling
 
-        tile, overlap = auto_tiling(tiling, self.device, stage.unet.downsample_factor)
-        return TiledDenoiser(stage.unet, tile, overlap, tiling.batch, progress=progress)
+        tile, overlap, untiled = auto_tiling(tiling, self.device, stage.unet.downsample_factor)
+        return TiledDenoiser(stage.unet, tile, overlap, tiling.batch, progress=progress,
+                             global_norm=tiling.global_norm, untiled_pixels=untiled)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -505,7 +508,7 @@ class CascadePipeline:
         lr = self._as_batch(image)
         in_hw = (lr.shape[-2], lr.shape[-1])
         out_hw = target_size(in_hw, scale, size)
-        plan = self.plan(in_hw, out_hw, cfg.stages, cfg.tiling)
+        plan = self.plan(in_hw, out_hw, cfg.stages, cfg)
         n = int(cfg.num_samples)
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
@@ -551,39 +554,38 @@ class CascadePipeline:
         t0 = time.perf_counter()
         cond0 = _condition(stage0, x.to(stage0.device), step0.out_size, progress)
         timings[f"{step0.stage}.conditioning"] = time.perf_counter() - t0
-        rows_per_batch = max(1, min(cfg.max_batch, n,
-                                    int(cfg.batch_megapixels * 1e6 // (H * W))))
+        rows = rows_per_batch(cfg, H, W)
         moments, kept, first = RunningMoments(), [], None
         bar = tqdm(total=n, desc=f"samples ({plan.stages})", unit="sample", leave=False,
                    disable=not progress, dynamic_ncols=True)
-        for start in range(0, n, rows_per_batch):
-            rows = list(range(start, min(n, start + rows_per_batch)))
-            y = x.expand(len(rows), -1, -1, -1)
+        for start in range(0, n, rows):
+            batch = list(range(start, min(n, start + rows)))
+            y = x.expand(len(batch), -1, -1, -1)
             for j, ((step, stage), k, den) in enumerate(zip(stages, resolved, denoisers)):
                 t0 = time.perf_counter()
                 if j == 0:
-                    cond = cond0.expand(len(rows), -1, -1, -1)
+                    cond = cond0.expand(len(batch), -1, -1, -1)
                 else:
                     cond = _condition(stage, y.to(stage.device), step.out_size, progress)
                     timings[f"{step.stage}.conditioning"] = (
                         timings.get(f"{step.stage}.conditioning", 0.0) + time.perf_counter() - t0)
                     t0 = time.perf_counter()
                 gens = [generator_for(cfg.seed, i) if j == 0 else generator_for(cfg.seed, i, j)
-                        for i in rows]
+                        for i in batch]
                 y = stage.draw(y.to(stage.device), cond.to(stage.device), gens, k,
                                progress=progress, denoise_fn=den,
                                desc=f"{step.stage} {k.sampler} {k.steps} steps")
                 timings[step.stage] = timings.get(step.stage, 0.0) + time.perf_counter() - t0
             done = y[:, :, :H, :W].to("cpu", torch.float32)  # (R, 3, H, W)
             moments.update(done)
-            for r, i in enumerate(rows):
+            for r, i in enumerate(batch):
                 if first is None:
                     first = done[r].clone()
                 if on_sample is not None:
                     on_sample(i, done[r])
                 if keep_samples:
                     kept.append(done[r])
-            bar.update(len(rows))
+            bar.update(len(batch))
             del y, done
         bar.close()
         timings["total"] = time.perf_counter() - t_all
@@ -675,6 +677,13 @@ def _condition(stage, x: Tensor, size: tuple[int, int], progress: bool) -> Tenso
     if model is None or not hasattr(model, "decode"):
         return up(x, size)
     return lainr_resample(model, x, size, size, getattr(up, "chunk", 65536), progress)
+
+
+def rows_per_batch(cfg: PipelineConfig, H: int, W: int) -> int:
+    """Samples drawn together: at most ``max_batch`` and N, and as many as keep samples x
+    output pixels under ``batch_megapixels`` (at least one)."""
+    fit = int(cfg.batch_megapixels * 1e6 // max(1, H * W))
+    return max(1, min(int(cfg.max_batch), int(cfg.num_samples), fit))
 
 
 def _padded(stage, hw: tuple[int, int]) -> tuple[int, int]:

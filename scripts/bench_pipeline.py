@@ -111,12 +111,12 @@ def seam(args) -> dict:
     if not pipe.diffusion:
         return res
     kw = dict(scale=s, stages="inr+1", steps=args.steps, sampler="dpm", seed=0, progress=True)
-    tiled = pipe(lr, tiling={"tile": args.tile} if args.tile else None, **kw)
+    forced = {"tile": args.tile, "untiled": -1}  # tile even where a whole call would fit
+    tiled = pipe(lr, tiling=forced, **kw)
     untiled = pipe(lr, tiling={"tile": -1}, **kw)
     stage = pipe.diffusion[0].stage
-    tile, overlap = auto_tiling(pipe.config.tiling if not args.tile else
-                                type(pipe.config.tiling)(tile=args.tile), pipe.device,
-                                stage.unet.downsample_factor)
+    tile, overlap, _ = auto_tiling(type(pipe.config.tiling)(**forced), pipe.device,
+                                   stage.unet.downsample_factor)
     H, W = tiled.plan.out_size
     tiles = TiledDenoiser(stage.unet, tile, overlap).tiles_for(H, W)
     rows, cols = border_lines(tiles, H, W)

@@ -212,7 +212,7 @@ def test_tiled_pipeline_matches_untiled():
     pipe = CascadePipeline(lainr, [("sr3_x2", _stage())])
     lr = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(3))
     whole = pipe(lr, scale=2, tiling={"tile": -1}, **FAST)
-    tiled = pipe(lr, scale=2, tiling={"tile": 32, "overlap": 8}, **FAST)
+    tiled = pipe(lr, scale=2, tiling={"tile": 32, "overlap": 8, "untiled": -1}, **FAST)
     assert tiled.plan.steps[-1].tiles == 9 and whole.plan.steps[-1].tiles == 1
     assert float((tiled.mean - whole.mean).abs().mean()) < 0.01
 
@@ -308,7 +308,8 @@ def test_upscale_cli_writes_samples_std_map_and_run_json(folder, tmp_path, capsy
     save_image(torch.rand(3, 12, 14, generator=torch.Generator().manual_seed(6)), img)
     out = tmp_path / "out"
     assert main(["upscale", str(img), "--scale", "3", "--samples", "3", "--steps", "2",
-                 "--pipeline", str(folder), "--out", str(out), "tiling.tile=16"]) == 0
+                 "--pipeline", str(folder), "--out", str(out), "tiling.tile=16",
+                 "tiling.untiled=-1"]) == 0
     assert tuple(load_image(out / "photo_x3.png").shape) == (3, 36, 42)
     assert sorted(p.name for p in (out / "photo_x3_samples").iterdir()) == [
         "sample_00.png", "sample_01.png", "sample_02.png"]
@@ -318,7 +319,7 @@ def test_upscale_cli_writes_samples_std_map_and_run_json(folder, tmp_path, capsy
     run = json.loads((out / "run.json").read_text())
     rec = run["outputs"][0]
     assert run["stages"] == "inr+1" and run["settings"]["num_samples"] == 3
-    assert run["settings"]["tiling"]["tile"] == 16
+    assert run["settings"]["tiling"]["tile"] == 16 and run["settings"]["batch_megapixels"] == 0.5
     assert [s["stage"] for s in rec["plan"]["steps"]] == ["lainr", "sr3_x2"]
     assert rec["plan"]["steps"][1]["tiles"] > 1
     assert {"lainr", "sr3_x2", "total"} <= set(rec["timings"])

@@ -15,6 +15,7 @@ from cascade.diffusion.tiling import (
     blend_window,
     border_lines,
     fit_tile,
+    layout,
     seam_ratio,
     tile_starts,
 )
@@ -70,7 +71,7 @@ def test_tiled_output_equals_the_whole_for_a_pointwise_network():
     x, c = torch.randn(3, 3, 72, 100, generator=g), torch.rand(3, 3, 72, 100, generator=g)
     t, a = torch.tensor([10, 500, 999]), torch.tensor([0.0, 0.01, 0.02])
     net = _Pointwise()
-    tiled = TiledDenoiser(net, tile=32, overlap=8, batch=5)
+    tiled = TiledDenoiser(net, tile=32, overlap=8, batch=5, global_norm=False)
     assert len(tiled.tiles_for(72, 100)) > 4
     torch.testing.assert_close(tiled(x, c, t, a), net(x, c, t, a), atol=1e-6, rtol=1e-6)
     whole = TiledDenoiser(net, tile=128, overlap=16)
@@ -80,10 +81,13 @@ def test_tiled_output_equals_the_whole_for_a_pointwise_network():
 
 def test_auto_tiling():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert auto_tiling(TileConfig(), cpu, 4) == (256, 32)
-    assert auto_tiling(TileConfig(), cuda, 4)[0] == 768
-    assert auto_tiling(TileConfig(tile=-1), cpu, 4) == (0, 0)
-    assert auto_tiling(TileConfig(tile=130, overlap=10), cpu, 4) == (128, 12)
+    assert auto_tiling(TileConfig(), cpu, 4) == (256, 32, 500_000)
+    assert auto_tiling(TileConfig(), cuda, 4)[::2] == (768, 4_000_000)
+    assert auto_tiling(TileConfig(tile=-1), cpu, 4) == (0, 0, 0)
+    assert auto_tiling(TileConfig(tile=130, overlap=10, untiled=-1), cpu, 4) == (128, 12, 0)
+    # a call of rows x pixels up to the untiled size runs whole, a larger one is tiled
+    den = TiledDenoiser(_Pointwise(), 64, 16, untiled_pixels=128 * 128)
+    assert len(den.tiles_for(128, 128, rows=1)) == 1 and len(den.tiles_for(128, 128, 2)) == 9
 
 
 def test_seam_ratio_by_hand():
@@ -167,3 +171,52 @@ def test_a_single_tile_is_the_untiled_sampler_exactly():
     b = _sample(stage, lr, cond, 64, 16)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert make_train_scheduler(ProcessConfig()).alphas_cumprod.shape[0] == 1000
+
+
+def test_owned_parts_partition_the_image_at_every_resolution():
+    tiles = layout(100, 140, 48, 16, 4)
+    for f in (1, 2, 4):
+        count = torch.zeros(100 // f, 140 // f)
+        for t in tiles:
+            y0, y1, x0, x1 = t.own
+            assert y0 % f == 0 and y1 % f == 0 and x0 % f == 0 and x1 % f == 0
+            count[(t.y + y0) // f:(t.y + y1) // f, (t.x + x0) // f:(t.x + x1) // f] += 1
+        assert bool((count == 1).all())
+
+
+class _NormNet(torch.nn.Module):
+    """Pointwise but for its GroupNorm layers (one on pixels, one on an attention block's
+    (N, C, L) tokens): tiles agree with the whole image only with global statistics."""
+
+    downsample_factor = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(2, 6)
+        self.tokens = torch.nn.GroupNorm(3, 3)
+        torch.nn.init.normal_(self.norm.weight, 1.0, 0.3, generator=None)
+
+    def forward(self, x, c, t, a):
+        h = self.norm(torch.cat([x, c], 1))[:, :3]  # (N, 3, H, W)
+        N, C, H, W = x.shape
+        # side by side, not in sequence: the collect pass sees both layers' true inputs
+        return h + self.tokens(x.reshape(N, C, H * W)).reshape(N, C, H, W)
+
+
+def test_global_group_norm_makes_tiles_agree_with_the_whole_image():
+    torch.manual_seed(0)
+    net = _NormNet()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 64, 96, generator=g)
+    x[..., :40] = x[..., :40] * 3 + 1  # statistics that differ across the image
+    c = torch.rand(2, 3, 64, 96, generator=g)
+    t, a = torch.tensor([10, 900]), torch.tensor([0.0, 0.02])
+    with torch.no_grad():
+        whole = net(x, c, t, a)
+        local = TiledDenoiser(net, 32, 8, batch=3, global_norm=False)(x, c, t, a)
+        glob = TiledDenoiser(net, 32, 8, batch=3, global_norm=True)
+        out = glob(x, c, t, a)
+    assert float((local - whole).abs().mean()) > 0.05
+    torch.testing.assert_close(out, whole, atol=1e-4, rtol=1e-4)
+    assert glob.calls == 2 * -(-len(glob.tiles_for(64, 96)) // 1)  # two passes of 1 tile/call
+    assert "forward" not in vars(net.norm)  # the layers are restored after the call

@@ -17,14 +17,15 @@ that are multiples of its down-sampling factor).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["TileConfig", "TiledDenoiser", "auto_tiling", "blend_window", "border_lines",
-           "fit_tile", "layout", "seam_ratio", "tile_starts"]
+__all__ = ["GlobalGroupNorm", "TileConfig", "TiledDenoiser", "auto_tiling", "blend_window",
+           "border_lines", "fit_tile", "layout", "seam_ratio", "tile_starts"]
 
 
 @dataclass
@@ -34,22 +35,32 @@ class TileConfig:
     tile: int = 0  # tile side; 0 = auto (256 on a CPU, 768 on a GPU); -1 = never tile
     overlap: int = 0  # overlap between neighbouring tiles; 0 = auto (tile / 8, >= 16)
     batch: int = 4  # tiles per network call
+    # A network call of at most this many megapixels (samples x pixels) is not tiled;
+    # 0 = auto (0.5 on a CPU, 4 on a GPU); negative: always tile (beyond one tile).
+    untiled: float = 0.0
+    # Tiles normalise with whole-image GroupNorm statistics (one more network pass per
+    # step); False: each tile with its own (faster, but tiles then differ in gain).
+    global_norm: bool = True
 
 
-def auto_tiling(cfg: TileConfig, device: torch.device, multiple: int) -> tuple[int, int]:
-    """(tile, overlap) for ``cfg`` on ``device``, rounded to ``multiple``; tile 0 = untiled.
+def auto_tiling(cfg: TileConfig, device: torch.device, multiple: int) -> tuple[int, int, int]:
+    """(tile, overlap, untiled pixels) for ``cfg`` on ``device``, the sizes rounded to
+    ``multiple``; tile 0 = never tile.
 
-    CPU default 256: measured on the 2-core machine, the x2 UNet runs at 0.067 / 0.053 /
-    0.028 MP/s on 128 / 256 / 512 px squares (cache effects), so tiles of 256 with a 32 px
-    overlap cost about the same as the whole image and bound the memory.
+    CPU defaults: the x2 UNet ran at 0.067 / 0.053 / 0.028 MP/s on 128 / 256 / 512 px
+    squares on the 2-core machine (cache effects), so tiles of 256 with a 32 px overlap cost
+    about what the whole image costs and bound the memory; calls up to 0.5 MP (an output of
+    about 700 x 700 per sample) run whole, where no tiling effect can arise at all.
     """
     if cfg.tile < 0:
-        return 0, 0
-    tile = cfg.tile or (768 if device.type == "cuda" else 256)
+        return 0, 0, 0
+    gpu = device.type == "cuda"
+    tile = cfg.tile or (768 if gpu else 256)
     tile = max(multiple, tile - tile % multiple)
     overlap = cfg.overlap or max(16, tile // 8)
     overlap = min(overlap + (-overlap) % multiple, tile // 2 - (tile // 2) % multiple)
-    return tile, max(overlap, 0)
+    untiled = 0.0 if cfg.untiled < 0 else cfg.untiled or (4.0 if gpu else 0.5)
+    return tile, max(overlap, 0), int(untiled * 1e6)
 
 
 def fit_tile(length: int, tile: int, overlap: int, multiple: int = 1) -> int:
@@ -112,6 +123,9 @@ class Tile:
     h: int
     w: int
     ramps: tuple[int, int, int, int]  # (top, bottom, left, right) ramp widths
+    # The part of the image this tile alone stands for (tile coordinates y0, y1, x0, x1):
+    # the tiles' owned parts partition the image (cut at the middle of each overlap).
+    own: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def layout(H: int, W: int, tile: int, overlap: int, multiple: int) -> list[Tile]:
@@ -125,40 +139,124 @@ def layout(H: int, W: int, tile: int, overlap: int, multiple: int) -> list[Tile]
         after = starts[i] + size - starts[i + 1] if i + 1 < len(starts) else 0
         return before, after
 
+    def owned(starts: list[int], i: int, size: int, length: int) -> tuple[int, int]:
+        def cut(j: int) -> int:  # the middle of the overlap of tiles j and j+1, on the grid
+            mid = (starts[j + 1] + starts[j] + size) / 2
+            return int(round(mid / multiple)) * multiple
+        lo = cut(i - 1) if i > 0 else 0
+        hi = cut(i) if i + 1 < len(starts) else length
+        return lo - starts[i], hi - starts[i]
+
     tiles = []
     for i, y in enumerate(ys):
         top, bottom = ramps(ys, i, th)
         for j, x in enumerate(xs):
             left, right = ramps(xs, j, tw)
-            tiles.append(Tile(y, x, th, tw, (top, bottom, left, right)))
+            tiles.append(Tile(y, x, th, tw, (top, bottom, left, right),
+                              (*owned(ys, i, th, H), *owned(xs, j, tw, W))))
     return tiles
+
+
+class GlobalGroupNorm:
+    """Makes every ``nn.GroupNorm`` of a network normalise with whole-image statistics while
+    the network runs on tiles (a context manager around the tiled passes).
+
+    A UNet's GroupNorm layers normalise over the whole spatial extent they see, so a tile
+    normalised by its own statistics gets a different gain from its neighbours (measured: the
+    per-pixel std of 8 samples differed by up to 18% between two tiles of one image, a block
+    pattern in the std map). Pass ``collect`` runs the tiles with their own statistics and
+    adds, per layer, row and group, the sums over the pixels each tile owns (``Tile.own``:
+    the owned parts partition the image, at every resolution of the UNet); pass ``apply``
+    runs them again normalising with the totals, i.e. with the statistics of the whole image
+    as the collect pass saw it (its later layers saw tiles normalised locally: close, not
+    exact). Costs one more network pass per step.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.norms = [m for m in module.modules() if isinstance(m, torch.nn.GroupNorm)]
+        self.mode: str | None = None  # None (plain GroupNorm) | collect | apply
+        self.rows = 1  # rows per tile in a network call (tiles are concatenated on dim 0)
+        self.tiles: list[Tile] = []  # the tiles of the current call, in batch order
+        self.sums: dict[int, list[Tensor]] = {}
+
+    def __enter__(self) -> GlobalGroupNorm:
+        for m in self.norms:
+            m.forward = (lambda x, m=m: self._forward(m, x))  # instance attribute
+        self.sums = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m in self.norms:
+            del m.forward  # back to the class's forward
+        self.mode, self.sums = None, {}
+
+    def _forward(self, norm: torch.nn.GroupNorm, x: Tensor) -> Tensor:
+        F = torch.nn.functional
+        if self.mode is None:
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        shape = x.shape
+        if x.ndim == 3:  # (N, C, L): an attention block's tokens, row-major over (h, w)
+            t0 = self.tiles[0]
+            f = math.isqrt(t0.h * t0.w // shape[-1])
+            x = x.reshape(shape[0], shape[1], t0.h // f, t0.w // f)
+        N, C, h, w = x.shape
+        G, R = norm.num_groups, self.rows
+        xg = x.reshape(N, G, C // G, h, w)
+        if self.mode == "collect":
+            acc = self.sums.setdefault(id(norm), [torch.zeros(R, G, dtype=torch.float64,
+                                                              device=x.device)
+                                                  for _ in range(2)] + [0])
+            for i, t in enumerate(self.tiles):
+                sy, sx = t.h // h, t.w // w  # this layer's down-sampling
+                y0, y1, x0, x1 = t.own
+                part = xg[i * R:(i + 1) * R, :, :, y0 // sy:y1 // sy, x0 // sx:x1 // sx].double()
+                acc[0] += part.sum((2, 3, 4))
+                acc[1] += part.square().sum((2, 3, 4))
+                acc[2] += part[0, 0].numel()  # values per (row, group) this tile adds
+            return F.group_norm(x, G, norm.weight, norm.bias, norm.eps).reshape(shape)
+        s, ss, n = self.sums[id(norm)]
+        mean = s / n
+        var = (ss / n - mean.square()).clamp_min(0)
+        k = N // R
+        mean = mean.repeat(k, 1).to(x.dtype)[:, :, None, None, None]
+        std = (var.repeat(k, 1) + norm.eps).sqrt().to(x.dtype)[:, :, None, None, None]
+        y = ((xg - mean) / std).reshape(N, C, h, w)
+        if norm.affine:
+            y = y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
+        return y.reshape(shape)
 
 
 class TiledDenoiser:
     """``denoise_fn(r_t, cond_in, t, level)`` for ``cascade.diffusion.sampling.sample`` that
     evaluates ``unet`` on overlapping tiles and blends them (a single call when the image
-    fits in one tile)."""
+    fits in one tile). ``global_norm``: tiles normalise with whole-image GroupNorm
+    statistics (``GlobalGroupNorm``; one more pass per step)."""
 
     def __init__(self, unet, tile: int, overlap: int, batch: int = 4,
-                 progress: bool = False) -> None:
+                 progress: bool = False, global_norm: bool = True,
+                 untiled_pixels: int = 0) -> None:
         if tile and tile < 2 * overlap:
             raise ValueError(f"tile {tile} must be at least twice the overlap {overlap}")
         self.unet = unet
         self.tile, self.overlap, self.batch = tile, overlap, max(1, batch)
         self.multiple = getattr(unet, "downsample_factor", 1)
         self.progress = progress
+        self.global_norm = global_norm
+        self.untiled_pixels = untiled_pixels
         self.calls = 0  # network calls so far (tests, benchmarks)
         self._cache: dict[tuple, tuple[list[Tile], Tensor]] = {}
 
-    def tiles_for(self, H: int, W: int) -> list[Tile]:
-        if not self.tile or (H <= self.tile and W <= self.tile):
-            return [Tile(0, 0, H, W, (0, 0, 0, 0))]
+    def tiles_for(self, H: int, W: int, rows: int = 1) -> list[Tile]:
+        """The tiles of an (H, W) image drawn ``rows`` samples at a time."""
+        whole = rows * H * W <= self.untiled_pixels
+        if not self.tile or whole or (H <= self.tile and W <= self.tile):
+            return [Tile(0, 0, H, W, (0, 0, 0, 0), (0, H, 0, W))]
         return layout(H, W, self.tile, self.overlap, self.multiple)
 
-    def _plan(self, H: int, W: int, device, dtype) -> tuple[list[Tile], Tensor]:
-        key = (H, W, str(device), dtype)
+    def _plan(self, H: int, W: int, rows: int, device, dtype) -> tuple[list[Tile], Tensor]:
+        key = (H, W, rows, str(device), dtype)
         if key not in self._cache:
-            tiles = self.tiles_for(H, W)
+            tiles = self.tiles_for(H, W, rows)
             total = torch.zeros(1, 1, H, W, device=device, dtype=dtype)
             for tl in tiles:
                 total[..., tl.y:tl.y + tl.h, tl.x:tl.x + tl.w] += blend_window(
@@ -168,26 +266,35 @@ class TiledDenoiser:
 
     def __call__(self, r_t: Tensor, cond_in: Tensor, t: Tensor, level: Tensor) -> Tensor:
         B, _, H, W = r_t.shape
-        tiles, total = self._plan(H, W, r_t.device, r_t.dtype)
+        tiles, total = self._plan(H, W, B, r_t.device, r_t.dtype)
         if len(tiles) == 1:
             self.calls += 1
             return self.unet(r_t, cond_in, t, level)
+        # Rows x tiles in network batches of about ``batch`` tiles of ``B`` rows ... or fewer.
+        per_call = max(1, self.batch // B)
+        groups = [tiles[i:i + per_call] for i in range(0, len(tiles), per_call)]
+        passes = ["collect", "apply"] if self.global_norm else [None]
         out = torch.zeros_like(r_t)  # (B, 3, H, W): blended network output
-        # Rows x tiles in network batches of about ``batch`` tiles of ``B`` rows... or fewer.
-        per_call = max(1, self.batch // B) if B < self.batch else 1
-        bar = tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False,
+        bar = tqdm(total=len(tiles) * len(passes), desc="tiles", unit="tile", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
-        for start in range(0, len(tiles), per_call):
-            group = tiles[start:start + per_call]
-            xs = torch.cat([r_t[..., g.y:g.y + g.h, g.x:g.x + g.w] for g in group])
-            cs = torch.cat([cond_in[..., g.y:g.y + g.h, g.x:g.x + g.w] for g in group])
-            k = len(group)
-            y = self.unet(xs, cs, t.repeat(k), level.repeat(k)).to(out.dtype)
-            self.calls += 1
-            for i, g in enumerate(group):
-                win = blend_window((g.h, g.w), g.ramps, out.device, out.dtype)
-                out[..., g.y:g.y + g.h, g.x:g.x + g.w] += y[i * B:(i + 1) * B] * win
-            bar.update(k)
+        with GlobalGroupNorm(self.unet) if self.global_norm else nullcontext() as norm:
+            for mode in passes:
+                if norm is not None:
+                    norm.mode, norm.rows = mode, B
+                for group in groups:
+                    xs = torch.cat([r_t[..., g.y:g.y + g.h, g.x:g.x + g.w] for g in group])
+                    cs = torch.cat([cond_in[..., g.y:g.y + g.h, g.x:g.x + g.w] for g in group])
+                    k = len(group)
+                    if norm is not None:
+                        norm.tiles = group
+                    y = self.unet(xs, cs, t.repeat(k), level.repeat(k)).to(out.dtype)
+                    self.calls += 1
+                    bar.update(k)
+                    if mode == "collect":
+                        continue  # statistics only
+                    for i, g in enumerate(group):
+                        win = blend_window((g.h, g.w), g.ramps, out.device, out.dtype)
+                        out[..., g.y:g.y + g.h, g.x:g.x + g.w] += y[i * B:(i + 1) * B] * win
         bar.close()
         return out / total
 
