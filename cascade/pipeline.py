@@ -484,7 +484,8 @@ class CascadePipeline:
 
         tile, overlap, untiled = auto_tiling(tiling, self.device, stage.unet.downsample_factor)
         return TiledDenoiser(stage.unet, tile, overlap, tiling.batch, progress=progress,
-                             global_norm=tiling.global_norm, untiled_pixels=untiled)
+                             global_norm=tiling.global_norm, untiled_pixels=untiled,
+                             norm_tiles=tiling.norm_tiles)
 
     # -- running ------------------------------------------------------------------------------
 

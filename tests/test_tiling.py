@@ -220,3 +220,22 @@ def test_global_group_norm_makes_tiles_agree_with_the_whole_image():
     torch.testing.assert_close(out, whole, atol=1e-4, rtol=1e-4)
     assert glob.calls == 2 * -(-len(glob.tiles_for(64, 96)) // 1)  # two passes of 1 tile/call
     assert "forward" not in vars(net.norm)  # the layers are restored after the call
+
+
+def test_statistics_from_a_spread_subset_of_tiles_cost_less_and_stay_close():
+    torch.manual_seed(0)
+    net = _NormNet()
+    g = torch.Generator().manual_seed(4)
+    x, c = torch.randn(1, 3, 128, 128, generator=g), torch.rand(1, 3, 128, 128, generator=g)
+    t, a = torch.tensor([500]), torch.tensor([0.0])
+    with torch.no_grad():
+        whole = net(x, c, t, a)
+        full = TiledDenoiser(net, 32, 8, batch=1)
+        some = TiledDenoiser(net, 32, 8, batch=1, norm_tiles=8)
+        a_full, a_some = full(x, c, t, a), some(x, c, t, a)
+        local = TiledDenoiser(net, 32, 8, batch=1, global_norm=False)(x, c, t, a)
+    n = len(full.tiles_for(128, 128))
+    assert full.calls == 2 * n and some.calls == n + 8
+    torch.testing.assert_close(a_full, whole, atol=1e-4, rtol=1e-4)
+    # an estimate from half the image: 0.013 off, against 0.040 for per-tile statistics
+    assert float((a_some - whole).abs().mean()) < 0.5 * float((local - whole).abs().mean())

@@ -39,8 +39,10 @@ class TileConfig:
     # 0 = auto (0.5 on a CPU, 4 on a GPU); negative: always tile (beyond one tile).
     untiled: float = 0.0
     # Tiles normalise with whole-image GroupNorm statistics (one more network pass per
-    # step); False: each tile with its own (faster, but tiles then differ in gain).
+    # step, over at most ``norm_tiles`` tiles); False: each tile with its own (faster, but
+    # tiles then differ in gain).
     global_norm: bool = True
+    norm_tiles: int = 32  # tiles the statistics are gathered on (evenly spread; 0 = all)
 
 
 def auto_tiling(cfg: TileConfig, device: torch.device, multiple: int) -> tuple[int, int, int]:
@@ -234,7 +236,7 @@ class TiledDenoiser:
 
     def __init__(self, unet, tile: int, overlap: int, batch: int = 4,
                  progress: bool = False, global_norm: bool = True,
-                 untiled_pixels: int = 0) -> None:
+                 untiled_pixels: int = 0, norm_tiles: int = 0) -> None:
         if tile and tile < 2 * overlap:
             raise ValueError(f"tile {tile} must be at least twice the overlap {overlap}")
         self.unet = unet
@@ -243,6 +245,7 @@ class TiledDenoiser:
         self.progress = progress
         self.global_norm = global_norm
         self.untiled_pixels = untiled_pixels
+        self.norm_tiles = norm_tiles
         self.calls = 0  # network calls so far (tests, benchmarks)
         self._cache: dict[tuple, tuple[list[Tile], Tensor]] = {}
 
@@ -272,16 +275,16 @@ class TiledDenoiser:
             return self.unet(r_t, cond_in, t, level)
         # Rows x tiles in network batches of about ``batch`` tiles of ``B`` rows ... or fewer.
         per_call = max(1, self.batch // B)
-        groups = [tiles[i:i + per_call] for i in range(0, len(tiles), per_call)]
-        passes = ["collect", "apply"] if self.global_norm else [None]
+        passes = [("collect", self._sampled(tiles)), ("apply", tiles)] if self.global_norm \
+            else [(None, tiles)]
         out = torch.zeros_like(r_t)  # (B, 3, H, W): blended network output
-        bar = tqdm(total=len(tiles) * len(passes), desc="tiles", unit="tile", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(total=sum(len(ts) for _, ts in passes), desc="tiles", unit="tile",
+                   leave=False, disable=not self.progress, dynamic_ncols=True)
         with GlobalGroupNorm(self.unet) if self.global_norm else nullcontext() as norm:
-            for mode in passes:
+            for mode, todo in passes:
                 if norm is not None:
                     norm.mode, norm.rows = mode, B
-                for group in groups:
+                for group in (todo[i:i + per_call] for i in range(0, len(todo), per_call)):
                     xs = torch.cat([r_t[..., g.y:g.y + g.h, g.x:g.x + g.w] for g in group])
                     cs = torch.cat([cond_in[..., g.y:g.y + g.h, g.x:g.x + g.w] for g in group])
                     k = len(group)
@@ -297,6 +300,14 @@ class TiledDenoiser:
                         out[..., g.y:g.y + g.h, g.x:g.x + g.w] += y[i * B:(i + 1) * B] * win
         bar.close()
         return out / total
+
+    def _sampled(self, tiles: list[Tile]) -> list[Tile]:
+        """The tiles the GroupNorm statistics are gathered on: all, or ``norm_tiles`` of them
+        evenly spread (their owned parts then sample the image instead of covering it)."""
+        n = self.norm_tiles
+        if not n or len(tiles) <= n:
+            return tiles
+        return [tiles[round(i * (len(tiles) - 1) / (n - 1))] for i in range(n)]
 
 
 def border_lines(tiles: list[Tile], H: int, W: int) -> tuple[list[int], list[int]]:
