@@ -16,7 +16,8 @@
     python scripts/bench_pipeline.py --part seam
     python scripts/bench_pipeline.py --part bench --zero-network   # peak memory, fast
 
-The bench part runs first, so the peak RSS it reports is its own. Results: ``--out``/bench.json.
+The bench part runs first, so the peak RSS it reports is its own. Results:
+``--out``/bench_SIZE.json and seam_SIZE.json.
 """
 
 from __future__ import annotations
@@ -152,16 +153,16 @@ def main() -> None:
                          "run (everything else is real) in a fraction of its time")
     ap.add_argument("--out", default="outputs/bench_pipeline")
     args = ap.parse_args()
-    results = {}
-    if args.part in ("all", "bench"):
-        results["bench"] = bench(args)
-    if args.part in ("all", "seam"):
-        results["seam"] = seam(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"bench_{args.part}_{args.size}{'_zero' if args.zero_network else ''}.json"
-    (out / name).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {out / name}")
+    if args.part in ("all", "bench"):
+        dest = out / f"bench_{args.size}{'_zero' if args.zero_network else ''}.json"
+        dest.write_text(json.dumps(bench(args), indent=2) + "\n")
+        print(f"results: {dest}")
+    if args.part in ("all", "seam"):
+        dest = out / f"seam_{args.seam_size}.json"
+        dest.write_text(json.dumps(seam(args), indent=2) + "\n")
+        print(f"results: {dest}")
 
 
 if __name__ == "__main__":
