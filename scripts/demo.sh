@@ -14,7 +14,7 @@ echo "== 1. evaluate bicubic and LAINR on the built-in test photos"
   --out "$out/eval" --save-images --no-resume
 echo
 echo "== 2. upscale the built-in test photos by x2.5 with LAINR (any real scale works)"
-"$cascade" upscale builtin --scale 2.5 --out "$out/upscale"
+"$cascade" upscale builtin --scale 2.5 --stages inr --out "$out/upscale"
 echo
 echo "== 3. spectral diagnostic at x4: true SR or resampling?"
 "$cascade" diagnose spectrum builtin --scale 4 --methods bicubic,lainr --out "$out/spectrum"
