@@ -151,6 +151,18 @@ def resolve_dataset(name: str, split: str = "test") -> ImageFolder:
     return ImageFolder.from_path(name)
 
 
+def apply_flips(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Horizontal flip, vertical flip, transpose of (..., H, W), each where ``flips`` (3 bools)
+    says: the 8 symmetries of the square, for crop augmentation."""
+    if flips[0]:
+        x = x.flip(-1)
+    if flips[1]:
+        x = x.flip(-2)
+    if flips[2]:
+        x = x.transpose(-1, -2)
+    return x
+
+
 @dataclass
 class RandomScalePatches:
     """LIIF-style random-scale training batches for an INR.
@@ -199,13 +211,7 @@ class RandomScalePatches:
             left = int(torch.randint(W - hr_size + 1, (), generator=g))
             crop = img[:, top:top + hr_size, left:left + hr_size]
             if self.augment:
-                flips = torch.rand(3, generator=g) < 0.5
-                if flips[0]:
-                    crop = crop.flip(-1)
-                if flips[1]:
-                    crop = crop.flip(-2)
-                if flips[2]:
-                    crop = crop.transpose(-1, -2)
+                crop = apply_flips(crop, torch.rand(3, generator=g) < 0.5)
             crops.append(crop)
         hr = torch.stack(crops)  # (B, 3, S, S)
         lr = imresize(hr, size=(self.lr_patch, self.lr_patch))

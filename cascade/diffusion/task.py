@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from cascade.config import TrainLoopConfig
+from cascade.data.datasets import apply_flips
 from cascade.diffusion.objective import ObjectiveConfig, diffusion_loss, draw_noise_and_levels
 from cascade.diffusion.process import ProcessConfig, make_train_scheduler
 from cascade.diffusion.sampling import SamplingConfig
@@ -65,16 +66,6 @@ class SR3TrainConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     out: str = "runs/sr3_x2"
     resume: str = "auto"
-
-
-def _flip(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    if flips[0]:
-        x = x.flip(-1)
-    if flips[1]:
-        x = x.flip(-2)
-    if flips[2]:
-        x = x.transpose(-1, -2)
-    return x
 
 
 @TASKS.register("sr3")
@@ -168,9 +159,9 @@ class SR3Task:
             i = int(torch.randint(h - p + 1, (), generator=g))
             j = int(torch.randint(w - p + 1, (), generator=g))
             flips = torch.rand(3, generator=g) < 0.5
-            crops["lr"].append(_flip(im["lr"][:, i:i + p, j:j + p], flips))
+            crops["lr"].append(apply_flips(im["lr"][:, i:i + p, j:j + p], flips))
             for k in ("hr", "cond"):
-                crops[k].append(_flip(im[k][:, i * s:i * s + S, j * s:j * s + S], flips))
+                crops[k].append(apply_flips(im[k][:, i * s:i * s + S, j * s:j * s + S], flips))
         return {k: torch.stack(v) for k, v in crops.items()}
 
     def batch(self, step: int, micro: int, rank: int, device: torch.device) -> dict:
