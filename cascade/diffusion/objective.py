@@ -20,8 +20,10 @@ import torch
 
 from cascade.diffusion.process import (
     ProcessConfig,
+    abar_at,
     augment_condition,
     predict_x0,
+    q_sample,
     training_target,
 )
 
@@ -65,8 +67,7 @@ def diffusion_loss(unet, batch: dict, draws: dict, process: ProcessConfig,
     t, noise = draws["t"], draws["noise"]
     rs = process.residual_scale
     r0 = (hr - cond) * rs  # (B, 3, H, W)
-    abar = alphas_cumprod.to(hr.device)[t].view(-1, 1, 1, 1)
-    r_t = abar.sqrt() * r0 + (1 - abar).sqrt() * noise
+    r_t = q_sample(r0, noise, t, alphas_cumprod)
     cond_in = augment_condition(cond, draws["aug_level"], draws["lr_noise"],
                                 draws["blur"] if cfg.blur_max > 0 else None)
     out = unet(r_t, cond_in, t, draws["aug_level"])
@@ -79,7 +80,7 @@ def diffusion_loss(unet, batch: dict, draws: dict, process: ProcessConfig,
                                    process.prediction_type) / rs
         err = consistency_error(x0_img, lr) * rs**2  # (B,)
         if cfg.consistency_weighting == "alpha_bar":
-            err = err * abar.view(-1)
+            err = err * abar_at(alphas_cumprod, t, r0).view(-1)
         elif cfg.consistency_weighting != "uniform":
             from cascade.errors import ConfigError
 

@@ -53,15 +53,23 @@ def make_train_scheduler(cfg: ProcessConfig):
                          clip_sample=False)
 
 
-def _abar(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def abar_at(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """abar_t for each sample, shaped (B, 1, 1, 1) on ``like``'s device and dtype."""
     a = alphas_cumprod.to(device=like.device, dtype=torch.float32)[t.to(like.device).long()]
     return a.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))  # (B, 1, 1, 1)
+
+
+def q_sample(r_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+             alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The forward process: r_t = sqrt(abar_t) r_0 + sqrt(1 - abar_t) eps."""
+    abar = abar_at(alphas_cumprod, t, r_0)
+    return abar.sqrt() * r_0 + (1 - abar).sqrt() * noise
 
 
 def predict_x0(output: torch.Tensor, r_t: torch.Tensor, t: torch.Tensor,
                alphas_cumprod: torch.Tensor, prediction_type: str) -> torch.Tensor:
     """The clean residual r_0 implied by the network's output at step t: (B, 3, H, W)."""
-    abar = _abar(alphas_cumprod, t, r_t)
+    abar = abar_at(alphas_cumprod, t, r_t)
     a, s = abar.sqrt(), (1 - abar).sqrt()
     if prediction_type == "epsilon":
         return (r_t - s * output) / a
@@ -74,7 +82,7 @@ def training_target(r_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                     alphas_cumprod: torch.Tensor, prediction_type: str) -> torch.Tensor:
     if prediction_type == "epsilon":
         return noise
-    abar = _abar(alphas_cumprod, t, r_0)
+    abar = abar_at(alphas_cumprod, t, r_0)
     return abar.sqrt() * noise - (1 - abar).sqrt() * r_0  # v
 
 
