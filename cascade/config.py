@@ -175,3 +175,4 @@ class TrainLoopConfig:
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    init: str = ""  # an inference checkpoint folder whose weights start a fresh run (fine-tuning)

@@ -196,6 +196,24 @@ def _all_finite(accelerator, loss: torch.Tensor) -> bool:
     return bool(bad.item() == 0)
 
 
+def init_weights(model: torch.nn.Module, folder: str, stage: str) -> None:
+    """Load an inference checkpoint's weights into a freshly built model (``train.init``):
+    same stage, same parameter names and shapes, or a one-line CheckpointError."""
+    from cascade.checkpoint import load_checkpoint
+    from cascade.paths import resolve_repo_path
+
+    ckpt = load_checkpoint(resolve_repo_path(folder), stage=stage)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(ckpt.state_dict))
+    unexpected = sorted(set(ckpt.state_dict) - set(own))
+    shapes = [k for k in own if k in ckpt.state_dict and own[k].shape != ckpt.state_dict[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"train.init={folder!r} does not fit this model (missing "
+                              f"{missing[:2]}, unexpected {unexpected[:2]}, other shape "
+                              f"{shapes[:2]}); use a checkpoint trained with the same model: keys")
+    model.load_state_dict(ckpt.state_dict)
+
+
 @dataclass
 class Trainer:
     cfg: DictConfig
@@ -226,6 +244,10 @@ class Trainer:
                 shutil.rmtree(stale, ignore_errors=True)
         task = TASKS.get(cfg.stage)(cfg)
         model = task.build_model()
+        if loop.init and start is None:  # a resumed run has its own weights
+            init_weights(model, loop.init, cfg.stage)
+            if main:
+                print(f"train: weights from {loop.init} (train.init)", file=sys.stderr)
         optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, betas=tuple(loop.betas),
                                       weight_decay=loop.weight_decay)
         # Stepped by hand once per optimizer step (accelerate's wrapper would step it

@@ -100,3 +100,23 @@ def test_cli_entry_point_reports_errors_in_one_line(tmp_path, capsys):
     assert main([str(TINY), f"out={tmp_path}", "train.lr=fast"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.lr" in err[0]
+
+
+def test_init_starts_a_fresh_run_from_an_inference_checkpoint(tmp_path):
+    """train.init loads the weights (here with lr=0 they must come out unchanged), is ignored
+    when the run resumes, and a checkpoint of another shape is a one-line error."""
+    from cascade.errors import CheckpointError
+
+    a = _run(tmp_path / "a")
+    frozen = ["train.lr=0.0", "train.schedule=constant", "train.warmup=0",
+              f"train.init={a}", "train.steps=3", "train.val_every=0"]
+    b = _run(tmp_path / "b", *frozen)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-7, msg=k)
+    fresh = load_file(str(_run(tmp_path / "c", *frozen[:3], "train.steps=3") / "model.safetensors"))
+    assert any(not torch.equal(fresh[k], wa[k]) for k in wa)
+    # resuming b with a broken init path does not touch it: the checkpoint wins
+    _run(tmp_path / "b", *frozen[:3], "train.init=/nonexistent", "train.steps=4")
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        _run(tmp_path / "d", f"train.init={a}", "model.dim=8")
