@@ -370,3 +370,28 @@ def test_pipeline_config_file_matches_the_schema():
 
     cfg = pipeline_settings(str(ROOT / "configs" / "pipeline.yaml"))
     assert cfg == PipelineConfig()
+
+
+def test_cascade_method_records_each_stages_defaults_when_they_differ(folder, tmp_path):
+    """A second stage sampled at another aug_level (as sr3_x2_b is): the row's settings
+    give one value per stage for that knob, a single value for the knobs they share."""
+    import shutil
+
+    from cascade.checkpoint import save_checkpoint
+    from cascade.diffusion.unet import ConditionalUNet
+    from cascade.evaluation.methods import make_method
+    from cascade.train import load_train_config
+
+    two = tmp_path / "two"
+    shutil.copytree(folder, two)
+    scfg = load_train_config(TINY_SR3, ["conditioning.upsampler=lainr",
+                                        f"conditioning.checkpoint={two / 'lainr'}",
+                                        "sampling.aug_level=0.03"])
+    torch.manual_seed(1)
+    save_checkpoint(two / "sr3_x2_b", ConditionalUNet(**TINY_UNET).state_dict(), scfg, "sr3")
+    m = make_method("cascade", {"pipeline": str(two), "steps": 2})
+    assert m.settings["diffusion"] == ["sr3_x2", "sr3_x2_b"] and m.settings["stages"] == "inr+2"
+    assert m.settings["aug_level"] == [0.01, 0.03] and m.settings["steps"] == 2
+    assert m(torch.rand(1, 3, 8, 8), (32, 32)).shape == (1, 3, 32, 32)
+    m = make_method("cascade", {"pipeline": str(two), "steps": 2, "aug_level": 0.02})
+    assert m.settings["aug_level"] == 0.02

@@ -175,7 +175,11 @@ class CascadeMethod(Method):
             num_samples=num_samples, seed=seed, output=output, **knobs)
         spec, used = self.pipe.resolve_stages()
         self.pipe.config.stages = spec
-        resolved = vars(used[0].stage.knobs(**knobs)) if used else {}
+        # Each stage fills unset knobs with its own defaults (the second stage samples at a
+        # higher aug_level): one value when the stages agree, else one per stage, in order.
+        per_stage = [vars(d.stage.knobs(**knobs)) for d in used]
+        resolved = {k: (per_stage[0][k] if all(p[k] == per_stage[0][k] for p in per_stage)
+                        else [p[k] for p in per_stage]) for k in (per_stage[0] if used else {})}
         settings: dict[str, Any] = {"pipeline": str(pipeline), "stages": spec,
                                     "diffusion": [d.name for d in used], **resolved,
                                     "num_samples": int(num_samples), "seed": int(seed),
