@@ -111,6 +111,16 @@ def _load_pipeline(cfg: PipelineConfig, checkpoint: str | None, pipeline: str,
     return pipe.to(dev)
 
 
+def _uses_diffusion(pipe, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
+    """Whether the plan for this image runs a diffusion stage (without counting its tiles)."""
+    from cascade.pipeline import make_plan
+
+    if pipe is None:
+        return False
+    spec, diffusion = pipe.resolve_stages()
+    return bool(make_plan(in_hw, out_hw, [d.name for d in diffusion], spec).diffusion)
+
+
 def _run(files: list[Path], failures: list[str], s: float | None,
          wanted: tuple[int, int] | None, cfg: PipelineConfig, checkpoint: str | None,
          pipeline: str, out_dir: Path, device: str, max_megapixels: float | None) -> None:
@@ -132,7 +142,8 @@ def _run(files: list[Path], failures: list[str], s: float | None,
                 img = load_image(path)
                 in_hw = tuple(img.shape[-2:])
                 H, W = target_size(in_hw, s, wanted)
-                check_output_size(in_hw, (H, W), max_megapixels, dense=cfg.stages == "bicubic")
+                check_output_size(in_hw, (H, W), max_megapixels, dense=cfg.stages == "bicubic",
+                                  diffusion=_uses_diffusion(pipe, in_hw, (H, W)))
                 tag = f"x{format_scale(s)}" if s is not None else f"{W}x{H}"
                 name = f"{path.stem}_{tag}"  # NAME_x2.5 or NAME_640x480
                 t0 = time.perf_counter()

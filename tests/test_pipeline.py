@@ -395,3 +395,26 @@ def test_cascade_method_records_each_stages_defaults_when_they_differ(folder, tm
     assert m(torch.rand(1, 3, 8, 8), (32, 32)).shape == (1, 3, 32, 32)
     m = make_method("cascade", {"pipeline": str(two), "steps": 2, "aug_level": 0.02})
     assert m.settings["aug_level"] == 0.02
+
+
+def test_memory_budget_counts_diffusion_plans_at_their_own_bytes_per_pixel(folder, tmp_path,
+                                                                          monkeypatch, capsys):
+    """With 20 MB usable, a 0.1-megapixel output fits LAINR's budget (64 B/px) but not a
+    diffusion plan's (384 B/px): the cascade refuses it in one line, --stages inr makes it."""
+    from cascade import memory
+    from cascade.data.io import save_image
+
+    monkeypatch.setattr(memory, "available_bytes",
+                        lambda: int((memory.WORKING_BYTES + 20e6) / memory.USABLE_FRACTION))
+    assert memory.budget_megapixels() == pytest.approx(20e6 / 64 / 1e6)
+    assert memory.budget_megapixels(diffusion=True) == pytest.approx(20e6 / 384 / 1e6)
+    assert memory.estimate_bytes((40, 40), (320, 320), diffusion=True) == 384 * 320 * 320
+    img = tmp_path / "in.png"
+    save_image(torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(0)), img)
+    args = ["upscale", str(img), "--scale", "8", "--pipeline", str(folder), "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exceeds the memory budget" in err[0]
+    assert not (tmp_path / "a").exists()
+    assert main([*args, "--stages", "inr", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "in_x8.png").is_file()
