@@ -107,6 +107,19 @@ def test_the_sweep_config_file_loads():
     assert len(variants) > len(cfg.methods) and "fid" in cfg.metrics
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (
+    Path(__file__).resolve().parents[1] / "configs" / "eval").glob("*.yaml")))
+def test_every_shipped_evaluation_config_loads_and_expands(name):
+    from cascade.config import to_container
+
+    cfg = load_config(EvalConfig, Path(__file__).resolve().parents[1] / "configs" / "eval" / name)
+    variants = expand(list(cfg.methods), to_container(cfg.settings), to_container(cfg.grid))
+    assert {m for m, _ in variants} == set(cfg.methods)
+    if name == "cascade_x4.yaml":  # three cascade variants: one stage, two, the first twice
+        stages = [s["stages"] for m, s in variants if m == "cascade"]
+        assert stages == ["inr+1", "inr+2", "inr+2"]
+
+
 def test_a_sweep_runs_every_variant_once_and_resumes(photos, tmp_path):
     out = tmp_path / "ev"
     with pytest.raises(KeyboardInterrupt):  # stopped on the 3rd image the fake method sees

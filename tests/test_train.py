@@ -120,3 +120,14 @@ def test_init_starts_a_fresh_run_from_an_inference_checkpoint(tmp_path):
     _run(tmp_path / "b", *frozen[:3], "train.init=/nonexistent", "train.steps=4")
     with pytest.raises(CheckpointError, match="does not fit this model"):
         _run(tmp_path / "d", f"train.init={a}", "model.dim=8")
+
+
+@pytest.mark.parametrize("name", ["lainr.yaml", "sr3_x2.yaml", "sr3_x2_b.yaml"])
+def test_shipped_training_configs_load(name):
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_train_config(root / "configs" / name)
+    assert cfg.stage in ("lainr", "sr3") and cfg.train.steps > 0
+    if cfg.train.init:  # the second x2 stage fine-tunes the first (docs/pipeline.md)
+        assert (root / cfg.train.init / "model.safetensors").is_file()
+        assert cfg.objective.aug_max > load_train_config(root / "configs" / "sr3_x2.yaml"
+                                                         ).objective.aug_max
