@@ -212,3 +212,25 @@ def test_missing_backbones_record_null_once_and_fill_in_later(photos, tmp_path, 
     CALLS.clear()
     rows = evaluate(cfg)
     assert all(r["lpips"] > 0 for r in rows if r["image"] != SET_ROW)
+
+
+def test_tables_name_a_lone_variant_by_its_label_keys_and_variants_by_what_differs():
+    import json
+
+    from cascade.evaluation.run import format_table
+    from cascade.evaluation.sweep import variant_labels
+
+    cas = {"pipeline": "checkpoints", "stages": "inr+2", "sampler": "dpm", "steps": 10,
+           "aug_level": [0.01, 0.03], "num_samples": 4, "seed": 0}
+    rows = [{"method": "cascade", "settings": json.dumps(cas), "dataset": "d", "scale": 4.0,
+             "images": 1, "psnr": 25.0},
+            {"method": "lainr", "settings": json.dumps({"checkpoint": "x/lainr"}),
+             "dataset": "d", "scale": 4.0, "images": 1, "psnr": 27.0}]
+    assert variant_labels(rows) == ["cascade(stages=inr+2,num_samples=4,steps=10)",
+                                    "lainr(checkpoint=lainr)"]
+    assert "cascade(stages=inr+2,num_samples=4,steps=10)" in format_table(rows, ["psnr"])
+    other = dict(rows[0], settings=json.dumps({**cas, "aug_level": 0.05}))
+    assert variant_labels([rows[0], other]) == ["cascade(aug_level=[0.01, 0.03])",
+                                                "cascade(aug_level=0.05)"]
+    assert variant_labels([{"method": "unregistered", "settings": {"a": 1}}]) == [
+        "unregistered(a=1)"]

@@ -21,7 +21,7 @@ from cascade.atomic import atomic_write_text
 from cascade.errors import CascadeError
 from cascade.evaluation.run import format_scale, format_value, summarize
 from cascade.evaluation.store import ResultsStore
-from cascade.evaluation.sweep import label
+from cascade.evaluation.sweep import variant_labels
 
 
 @dataclass(frozen=True)
@@ -64,18 +64,10 @@ def _score(col: Column, v: Any) -> float | None:
 
 
 def _labels(entries: list[dict[str, Any]]) -> None:
-    """``label``: the method and the settings that vary between its variants (all of its
-    settings when it has one variant)."""
-    by_method: dict[str, list[dict]] = defaultdict(list)
-    for e in entries:
-        by_method[e["method"]].append(json.loads(e["settings"]))
-    for e in entries:
-        variants = by_method[e["method"]]
-        settings = json.loads(e["settings"])
-        keys = None
-        if len({json.dumps(v, sort_keys=True) for v in variants}) > 1:
-            keys = [k for k in settings if len({json.dumps(v.get(k)) for v in variants}) > 1]
-        e["label"] = label(e["method"], settings, keys)
+    """``label``: the method and the settings that vary between its variants (its
+    ``label_keys`` when it has one variant)."""
+    for e, text in zip(entries, variant_labels(entries)):
+        e["label"] = text
 
 
 def columns_of(entries: list[dict[str, Any]]) -> list[Column]:

@@ -21,6 +21,9 @@ class Method:
     """Base class: ``name``, ``settings`` and the parameter count for the leaderboard."""
 
     name: str = ""
+    # The settings that name a lone variant in tables (None: all); variants of a sweep are
+    # named by the settings that differ between them.
+    label_keys: tuple[str, ...] | None = None
 
     def __init__(self, **settings: Any) -> None:
         self.settings = dict(settings)
@@ -103,6 +106,7 @@ class SR3Method(Method):
     """
 
     name = "sr3"
+    label_keys = ("steps", "projection", "num_samples")
 
     def __init__(self, checkpoint: str = "checkpoints/sr3_x2", sampler: str | None = None,
                  steps: int | None = None, eta: float | None = None,
@@ -160,6 +164,7 @@ class CascadeMethod(Method):
     """
 
     name = "cascade"
+    label_keys = ("stages", "num_samples", "steps")
 
     def __init__(self, pipeline: str = "checkpoints", stages: str = "auto",
                  checkpoint: str | None = None, num_samples: int = 1, seed: int = 0,

@@ -26,7 +26,7 @@ from cascade.config import save_config, to_container
 from cascade.errors import ConfigError
 from cascade.evaluation.methods import METHODS, make_method
 from cascade.evaluation.store import SET_ROW, ResultsStore, row_key
-from cascade.evaluation.sweep import expand, label, variant_dir
+from cascade.evaluation.sweep import expand, label, variant_dir, variant_labels
 
 
 @dataclass
@@ -271,9 +271,8 @@ def format_table(summary: list[dict[str, Any]], metrics: list[str]) -> str:
     """A plain-text table of the summary (what ``cascade evaluate`` prints)."""
     header = ["dataset", "scale", "method", "images", *metrics, "sec/img"]
     lines = []
-    for e in summary:
-        cells = [e["dataset"], f"x{format_scale(e['scale'])}", _method_label(e),
-                 str(e["images"])]
+    for e, name in zip(summary, variant_labels(summary)):
+        cells = [e["dataset"], f"x{format_scale(e['scale'])}", name, str(e["images"])]
         cells += [format_value(m, e.get(m)) for m in metrics]
         cells.append(f"{e.get('seconds') or 0:.3f}")
         lines.append(cells)
@@ -282,9 +281,3 @@ def format_table(summary: list[dict[str, Any]], metrics: list[str]) -> str:
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
 
-
-def _method_label(entry: dict[str, Any]) -> str:
-    import json
-
-    settings = entry["settings"]
-    return label(entry["method"], json.loads(settings) if isinstance(settings, str) else settings)

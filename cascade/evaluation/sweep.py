@@ -65,12 +65,46 @@ def _short(key: str, value: Any) -> str:
 
 
 def label(method: str, settings: Mapping[str, Any], keys: list[str] | None = None) -> str:
-    """``sr3(steps=20,projection=0.5)``: the method and its settings (only ``keys`` if given);
-    a checkpoint is named by its folder."""
-    items = [(k, v) for k, v in settings.items() if keys is None or k in keys]
+    """``sr3(steps=20,projection=0.5)``: the method and its settings (only ``keys``, in that
+    order, if given); a checkpoint is named by its folder."""
+    items = (list(settings.items()) if keys is None
+             else [(k, settings[k]) for k in keys if k in settings])
     if not items:
         return method
     return f"{method}({','.join(f'{k}={_short(k, v)}' for k, v in items)})"
+
+
+def label_keys(method: str) -> list[str] | None:
+    """The settings that name a lone variant of ``method`` (its class's ``label_keys``;
+    None: all of them, also for a method that is not registered)."""
+    from cascade.evaluation.methods import METHODS
+
+    try:
+        keys = getattr(METHODS.get(method), "label_keys", None)
+    except Exception:  # an unknown name: label it by everything
+        return None
+    return list(keys) if keys is not None else None
+
+
+def variant_labels(entries: list[dict[str, Any]]) -> list[str]:
+    """One label per entry (``method``, ``settings`` as a dict or JSON): the method and the
+    settings that vary between its variants, or its ``label_keys`` when it has one variant."""
+    def settings_of(e):
+        return json.loads(e["settings"]) if isinstance(e["settings"], str) else e["settings"]
+
+    by_method: dict[str, set[str]] = {}
+    for e in entries:
+        by_method.setdefault(e["method"], set()).add(json.dumps(settings_of(e), sort_keys=True))
+    labels = []
+    for e in entries:
+        settings = settings_of(e)
+        variants = [json.loads(v) for v in by_method[e["method"]]]
+        if len(variants) > 1:
+            keys = [k for k in settings if len({json.dumps(v.get(k)) for v in variants}) > 1]
+        else:
+            keys = label_keys(e["method"])
+        labels.append(label(e["method"], settings, keys))
+    return labels
 
 
 def variant_dir(method: str, settings: Mapping[str, Any]) -> Path:
