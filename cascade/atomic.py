@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,13 +56,25 @@ def writable_dir(path: str | os.PathLike, hint: str = "choose a writable output 
     return path
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new ``.NAME.RANDOM.tmp`` beside ``path``, created with mode 0666 less the umask (what
+    a plain open() gives; tempfile.mkstemp would make it 0600, unreadable to the group)."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temp file in ``path``'s folder; on success fsync it and rename onto ``path``."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temp(path)
     except OSError as e:
         raise CascadeError(
             f"cannot write to {path.parent}: {e.strerror}; choose a writable output directory"

@@ -661,7 +661,8 @@ def lainr_resample(model, lr: Tensor, count: tuple[int, int], virtual: tuple[flo
     coord, cell = lattice_coords(count, virtual, lr.device, lr.dtype)
     q = coord.shape[0]
     parts = []
-    for i in tqdm(range(0, q, chunk), desc="lainr", unit="chunk", leave=False,
+    # shown only when decoding takes more than a few seconds (delay): no bar per sample
+    for i in tqdm(range(0, q, chunk), desc="lainr", unit="chunk", leave=False, delay=3,
                   disable=not progress or q <= chunk, dynamic_ncols=True):
         parts.append(model.decode(latents, coord[i:i + chunk].expand(B, -1, -1),
                                   cell[i:i + chunk].expand(B, -1, -1)))

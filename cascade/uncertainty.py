@@ -13,7 +13,9 @@ Pure functions on tensors (DESIGN.md sections 1.3 and 5), used by the pipeline a
   score on held-out pixels, so a new pixel is covered with probability >= 1 - alpha;
 * ``coverage``, ``mean_width``, ``spearman`` (rank correlation, average ranks for ties) and
   ``sparsification`` / ``ause`` (Ilg et al. 2018: remove the most uncertain pixels first and
-  compare the remaining mean error with the oracle that removes the largest errors first).
+  compare the remaining mean error with the oracle that removes the largest errors first);
+* ``detail_contrast``: the map's mean on the most detailed blocks of a reference image over
+  its mean on the flattest ones (does the std light up on edges and textures?).
 
 Every function reduces over all the elements it is given (pixels x channels).
 """
@@ -23,9 +25,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["RunningMoments", "ause", "conformal_factor", "coverage", "mean_width",
+__all__ = ["RunningMoments", "ause", "block_detail", "conformal_factor", "coverage",
+           "detail_contrast", "mean_width",
            "normalized_scores", "quantile_interval", "rankdata", "sample_std", "sparsification",
            "spearman", "std_interval"]
 
@@ -179,6 +183,36 @@ def ause(uncertainty: Tensor, error: Tensor, steps: int = 50) -> float:
     0 when the uncertainty ranks the errors perfectly; larger is worse."""
     fractions, curve, oracle = sparsification(uncertainty, error, steps)
     return float(torch.trapezoid(curve - oracle, fractions))
+
+
+def block_detail(image: Tensor, block: int = 8) -> Tensor:
+    """Std of the luma (BT.601) in each ``block`` x ``block`` block of ``image`` (3, H, W):
+    (H // block, W // block); the part past the last whole block is left out."""
+    from cascade.metrics.fidelity import rgb_to_y
+
+    H, W = image.shape[-2] // block * block, image.shape[-1] // block * block
+    y = rgb_to_y(image[None, :, :H, :W].double())
+    m = F.avg_pool2d(y, block)
+    return (F.avg_pool2d(y * y, block) - m * m).clamp_min(0).sqrt()[0, 0]
+
+
+def detail_contrast(std_map: Tensor, reference: Tensor, block: int = 8,
+                    share: float = 0.2) -> float:
+    """Does an uncertainty map (H, W) light up on detail? Its mean on the ``share`` most
+    detailed ``block``-pixel blocks of ``reference`` (3, H, W; detail = local std of the luma)
+    over its mean on the ``share`` flattest blocks: 1 = no preference, > 1 = edges and
+    textures."""
+    if std_map.shape[-2:] != reference.shape[-2:]:
+        raise ValueError(f"detail_contrast: map {tuple(std_map.shape)} and reference "
+                         f"{tuple(reference.shape)} differ in size")
+    detail = block_detail(reference, block).flatten()
+    H, W = reference.shape[-2] // block * block, reference.shape[-1] // block * block
+    if detail.numel() < 2:
+        raise ValueError(f"detail_contrast needs at least two {block}x{block} blocks")
+    s = F.avg_pool2d(std_map[None, None, :H, :W].double(), block).flatten()
+    order = torch.argsort(detail, stable=True)
+    n = max(1, int(share * order.numel()))
+    return float(s[order[-n:]].mean() / s[order[:n]].mean().clamp_min(1e-12))
 
 
 def _check_alpha(alpha: float) -> None:

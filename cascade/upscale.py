@@ -5,8 +5,12 @@ stages the plan asks for, N samples. Per input ``NAME`` and tag ``x{S}`` (or ``W
 ``--size``) it writes ``NAME_x{S}.png`` (the mean of the samples, or the first sample with
 ``output=sample``) and, when the plan samples (diffusion) and N >= 2,
 ``NAME_x{S}_samples/sample_NN.png`` (written as they finish) and ``NAME_x{S}_std.png`` (the
-per-pixel std over the samples, mean of R, G, B, as a heatmap with a colour bar);
-``run.json`` records the plans, the settings and the timings.
+per-pixel std over the samples, mean of R, G, B, as a heatmap with a colour bar) and
+``NAME_x{S}_interval.png`` (the width of the samples' empirical ``[alpha/2, 1 - alpha/2]``
+quantile interval, from the written 8-bit samples; skipped, and said in ``run.json``, when
+N x output pixels exceed ``QUANTILE_PIXELS``); ``run.json`` records the plans, the settings,
+the timings, and the mean interval widths (the calibrated one too when ``cascade calibrate``
+has fitted the pipeline for these stages).
 
 With several inputs, one bad file is reported and skipped and the others are still
 processed (exit status 1); a single input, or a run where every input fails, stops with
@@ -34,6 +38,10 @@ from cascade.data.sources import expand_inputs
 from cascade.errors import CascadeError
 from cascade.memory import budget_megapixels, check_output_size
 from cascade.pipeline import PipelineConfig, check_scale, parse_size, target_size
+
+# Quantile maps keep the samples as 8 bits: at most this many sample pixels (N x H x W) are
+# held (3 bytes each: 384 MB), e.g. 8 samples of a 4096 x 4096 output.
+QUANTILE_PIXELS = 128 * 2**20
 
 
 def pipeline_settings(config: str | None = None, overrides: Sequence[str] = (),
@@ -193,8 +201,13 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
     sample_dir = out_dir / f"{name}_samples"
     streamed = plan.stochastic and n > 1  # one stochastic sample is the output itself
 
+    H, W = out_hw
+    kept: list[torch.Tensor] | None = [] if n * H * W <= QUANTILE_PIXELS else None
+
     def writer(i: int, x: torch.Tensor) -> None:
         save_image(x, sample_dir / f"sample_{i:02d}.png")
+        if kept is not None:
+            kept.append(to_uint8(x))
 
     if streamed:
         record["samples"] = str(sample_dir)
@@ -209,10 +222,58 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
                      title=f"{name}: per-pixel std of {n} samples ({plan.stages})")
         record["std_map"] = str(std_map)
         record["std_mean"] = round(float(result.std.mean()), 6)
+        record["interval"] = _interval_maps(result, kept, cfg.alpha, out_dir, name)
     record.update({"plan": result.plan.to_dict(),
                    "timings": {k: round(v, 3) for k, v in result.timings.items()},
                    "settings": result.settings})
     return record
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> uint8, as the PNG writer quantises it."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def quantile_width(samples: list[torch.Tensor], alpha: float, rows: int = 128) -> torch.Tensor:
+    """Width of the empirical ``[alpha/2, 1 - alpha/2]`` interval over uint8 samples
+    (each (3, H, W)), in [0, 1] units, mean of R, G, B: (H, W). Computed in bands of
+    ``rows`` rows so the float copy stays small."""
+    from cascade.uncertainty import quantile_interval
+
+    H = samples[0].shape[-2]
+    out = []
+    for top in range(0, H, rows):
+        band = torch.stack([s[:, top:top + rows] for s in samples]).float() / 255
+        lo, hi = quantile_interval(band, alpha)  # (3, rows, W) each
+        out.append((hi - lo).mean(0))
+    return torch.cat(out)
+
+
+def _interval_maps(result, kept: list[torch.Tensor] | None, alpha: float, out_dir: Path,
+                   name: str) -> dict[str, Any]:
+    """Write NAME_interval.png (the sample-quantile interval's width) and return the
+    run.json record: mean widths of that interval and of the calibrated one."""
+    from cascade.evaluation.heatmap import save_heatmap
+
+    n, level = result.num_samples, f"{100 * (1 - alpha):g}%"
+    rec: dict[str, Any] = {"alpha": alpha}
+    if kept is not None:
+        width = quantile_width(kept, alpha)
+        dest = out_dir / f"{name}_interval.png"
+        save_heatmap(width, dest, label=f"{level} interval width (0-1 scale)",
+                     title=f"{name}: width of the {level} quantile interval of {n} samples")
+        rec.update(map=str(dest), quantile_width_mean=round(float(width.mean()), 6))
+    else:
+        rec["map"] = None
+        rec["note"] = (f"{n} samples x {result.mean[0].numel()} pixels exceed "
+                       f"{QUANTILE_PIXELS} kept sample pixels: no quantile map")
+    if result.calibration is not None:
+        lo, hi = result.interval()
+        c = result.calibration
+        rec["calibrated"] = {"factor": c["factor"], "alpha": c.get("alpha"),
+                             "fitted_at": {"scale": c["scale"], "num_samples": c["num_samples"]},
+                             "width_mean": round(float((hi - lo).mean()), 6)}
+    return rec
 
 
 def _more(n: int) -> str:

@@ -395,3 +395,23 @@ def test_list_images_errors(tmp_path):
     with pytest.raises(ImageError) as ei:
         list_images(tmp_path / "missing")
     assert str(tmp_path / "missing") in str(ei.value)
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
+    import os
+    import stat
+
+    from cascade.atomic import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        save_image(torch.zeros(3, 2, 2), tmp_path / "b.png")
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    modes = {n: stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("a.txt", "b.png",
+                                                                      "plain.txt")}
+    assert modes == {"a.txt": 0o640, "b.png": 0o640, "plain.txt": 0o640}  # not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.png", "plain.txt"]

@@ -316,8 +316,15 @@ def test_upscale_cli_writes_samples_std_map_and_run_json(folder, tmp_path, capsy
     from PIL import Image
 
     assert Image.open(out / "photo_x3_std.png").size[0] > 42  # a heatmap with its colour bar
+    assert Image.open(out / "photo_x3_interval.png").size[0] > 42
     run = json.loads((out / "run.json").read_text())
     rec = run["outputs"][0]
+    # the interval record: the sample-quantile width from the written samples, uncalibrated
+    samples = torch.stack([load_image(p) for p in sorted((out / "photo_x3_samples").iterdir())])
+    lo, hi = torch.quantile(samples, torch.tensor([0.05, 0.95]), dim=0)
+    assert rec["interval"]["alpha"] == 0.1 and "calibrated" not in rec["interval"]
+    assert rec["interval"]["quantile_width_mean"] == pytest.approx(float((hi - lo).mean()),
+                                                                   abs=1e-5)
     assert run["stages"] == "inr+1" and run["settings"]["num_samples"] == 3
     assert run["settings"]["tiling"]["tile"] == 16 and run["settings"]["batch_megapixels"] == 0.5
     assert [s["stage"] for s in rec["plan"]["steps"]] == ["lainr", "sr3_x2"]
@@ -337,6 +344,39 @@ def test_upscale_cli_writes_samples_std_map_and_run_json(folder, tmp_path, capsy
                  str(folder), "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sr3_x2_b" in err[0] and not bad.exists()
+
+
+def test_quantile_width_in_bands_matches_the_whole_image_quantiles(monkeypatch):
+    import cascade.upscale as up
+
+    g = torch.Generator().manual_seed(3)
+    samples = [up.to_uint8(torch.rand(3, 37, 11, generator=g)) for _ in range(5)]
+    whole = torch.stack(samples).float() / 255
+    lo, hi = torch.quantile(whole, torch.tensor([0.1, 0.9]), dim=0)
+    torch.testing.assert_close(up.quantile_width(samples, 0.2, rows=8), (hi - lo).mean(0))
+
+
+def test_upscale_skips_the_quantile_map_when_the_samples_would_not_fit(folder, tmp_path,
+                                                                       monkeypatch):
+    import shutil
+
+    import cascade.upscale as up
+    from cascade.data.io import save_image
+
+    shutil.copytree(folder, tmp_path / "ck")
+    pipe = CascadePipeline.from_pretrained(tmp_path / "ck")
+    save_calibration(pipe, {"stages": ["sr3_x2"], "scale": 2.0, "num_samples": 8,
+                            "factor": 3.0, "std_floor": 0.002, "alpha": 0.1})
+    monkeypatch.setattr(up, "QUANTILE_PIXELS", 100)
+    img = tmp_path / "photo.png"
+    save_image(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2)), img)
+    out = tmp_path / "out"
+    assert main(["upscale", str(img), "--scale", "2", "--samples", "2", "--steps", "2",
+                 "--pipeline", str(tmp_path / "ck"), "--out", str(out)]) == 0
+    rec = json.loads((out / "run.json").read_text())["outputs"][0]["interval"]
+    assert rec["map"] is None and "exceed" in rec["note"]
+    assert not (out / "photo_x2_interval.png").exists()
+    assert rec["calibrated"]["factor"] == 3.0 and rec["calibrated"]["width_mean"] > 0
 
 
 def test_calibrate_cli_fits_reports_and_saves(folder, tmp_path, capsys):

@@ -121,3 +121,30 @@ def test_informative_uncertainty_beats_random_uncertainty():
     err = (sigma * torch.randn(50_000, generator=g)).abs()
     assert spearman(sigma, err) > 0.3
     assert ause(sigma, err) < ause(torch.rand(50_000, generator=g), err)
+
+
+def test_block_detail_is_the_local_std_of_the_luma():
+    from cascade.metrics.fidelity import rgb_to_y
+    from cascade.uncertainty import block_detail
+
+    img = torch.rand(3, 17, 12, generator=torch.Generator().manual_seed(4))
+    d = block_detail(img, 4)
+    assert d.shape == (4, 3)  # the 17th row is left out
+    y = rgb_to_y(img[None].double())[0, 0]
+    assert float(d[1, 2]) == pytest.approx(float(y[4:8, 8:12].std(correction=0)), abs=1e-9)
+
+
+def test_detail_contrast_prefers_maps_that_follow_the_detail():
+    from cascade.uncertainty import detail_contrast
+
+    g = torch.Generator().manual_seed(5)
+    ref = torch.full((3, 32, 32), 0.5)
+    ref[:, :, 16:] += 0.3 * torch.rand(3, 32, 16, generator=g)  # textured right half
+    follows = torch.zeros(32, 32)
+    follows[:, 16:] = 0.02
+    follows[:, :16] = 0.01
+    assert detail_contrast(follows, ref) == pytest.approx(2.0)
+    assert detail_contrast(torch.full((32, 32), 0.01), ref) == pytest.approx(1.0)
+    assert detail_contrast(follows.flip(1), ref) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="differ in size"):
+        detail_contrast(follows[:8], ref)

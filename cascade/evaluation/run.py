@@ -127,15 +127,15 @@ def evaluate(cfg) -> list[dict[str, Any]]:
                resolve_device(cfg.device), image_metrics, set_metrics, available)
 
     total = len(variants) * len(scales) * sum(len(ds) for ds in datasets)
-    bar = tqdm(total=total, desc="evaluate", unit="img", dynamic_ncols=True)
-    for name, settings in variants:
-        method = make_method(name, settings).to(run.device)
-        bar.set_postfix_str(label(name, method.settings), refresh=False)
-        for ds in datasets:
-            for scale in scales:
-                _evaluate_group(run, method, ds, scale, bar)
-        del method  # before the next variant's model is built
-    bar.close()
+    # closed on an error too, so the error line is not printed into a half-drawn bar
+    with tqdm(total=total, desc="evaluate", unit="img", dynamic_ncols=True) as bar:
+        for name, settings in variants:
+            method = make_method(name, settings).to(run.device)
+            bar.set_postfix_str(label(name, method.settings), refresh=False)
+            for ds in datasets:
+                for scale in scales:
+                    _evaluate_group(run, method, ds, scale, bar)
+            del method  # before the next variant's model is built
     rows = store.merged()
     write_summary(summarize(rows), out / "summary.csv")
     return rows
