@@ -14,6 +14,7 @@ the raw ``mean +- std`` and the empirical quantile interval of the samples, Spea
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from cascade.errors import CascadeError, ConfigError
+
+# Below this many fit images the report warns (the guarantee is over images, not pixels).
+MIN_FIT_IMAGES = 10
 
 
 def _centre_crop(img: torch.Tensor, crop: int) -> torch.Tensor:
@@ -95,6 +99,8 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
     y = torch.cat([t[2].reshape(-1) for t in test])
     lo_q = torch.cat([t[3].reshape(-1) for t in test])
     hi_q = torch.cat([t[4].reshape(-1) for t in test])
+    per_image = [coverage(*std_interval(m, sd, factor, cfg.std_floor), yy)
+                 for m, sd, yy, _, _ in test]  # how much coverage varies between images
     lo, hi = std_interval(mean, std, factor, cfg.std_floor)
     raw_lo, raw_hi = std_interval(mean, std, 1.0, cfg.std_floor)
     err = (y - mean).abs()
@@ -106,9 +112,12 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
         "seed": int(cfg.seed), "alpha": float(cfg.alpha), "factor": factor,
         "std_floor": float(cfg.std_floor), "data": str(data), "crop": int(crop),
         "fit_images": len(fit_scores), "test_images": len(test), "plan": plan_summary,
-        "pipeline": pipe.describe(), "seconds": round(time.perf_counter() - t0, 1),
+        "pipeline": pipe.describe(), "weights": pipe.fingerprint(),
+        "seconds": round(time.perf_counter() - t0, 1),
         "test": {
             "coverage": coverage(lo, hi, y), "mean_width": mean_width(lo, hi),
+            "coverage_per_image": {"min": min(per_image), "median": statistics.median(per_image),
+                                   "max": max(per_image)},
             "coverage_raw_std": coverage(raw_lo, raw_hi, y),
             "mean_width_raw_std": mean_width(raw_lo, raw_hi),
             "coverage_quantile": coverage(lo_q, hi_q, y),
@@ -130,6 +139,7 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
 
 def format_report(e: dict[str, Any]) -> str:
     t = e["test"]
+    per = t["coverage_per_image"]
     target = 1 - e["alpha"]
     lines = [
         f"calibration x{e['scale']:g}, stages {e['stages_spec']} ({', '.join(e['stages'])}), "
@@ -141,12 +151,18 @@ def format_report(e: dict[str, Any]) -> str:
         f"{e['std_floor']:g})",
         f"  coverage      {100 * t['coverage']:.2f}%  (target >= {100 * target:.0f}%)  "
         f"mean width {t['mean_width']:.4f}",
+        f"  per test image: coverage {100 * per['min']:.1f}% (min) / {100 * per['median']:.1f}% "
+        f"(median) / {100 * per['max']:.1f}% (max)",
         f"  raw mean+-std {100 * t['coverage_raw_std']:.2f}%  mean width "
         f"{t['mean_width_raw_std']:.4f};  sample quantiles {100 * t['coverage_quantile']:.2f}%  "
         f"mean width {t['mean_width_quantile']:.4f}",
         f"  Spearman(std, |error|) {t['spearman_std_abs_error']:.3f}   AUSE {t['ause']:.4f}   "
         f"mean std {t['mean_std']:.4f}  mean |error| {t['mean_abs_error']:.4f}",
     ]
+    if e["fit_images"] < MIN_FIT_IMAGES:
+        lines.append(f"warning: fitted on {e['fit_images']} images; pixels of one image are "
+                     f"not independent, so the coverage guarantee rests on the number of "
+                     f"images: use {2 * MIN_FIT_IMAGES} or more")
     if "saved" in e:
         lines.append(f"saved: {e['saved']}")
     if "report" in e:

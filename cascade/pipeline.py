@@ -116,6 +116,7 @@ class PipelineConfig:
 
 
 KNOBS = ("sampler", "steps", "eta", "temperature", "aug_level", "projection")
+CALIBRATION_KNOBS = ("sampler", "steps", "projection")  # recorded with a calibration
 
 
 def merge_settings(base: PipelineConfig, **overrides: Any) -> PipelineConfig:
@@ -128,6 +129,10 @@ def merge_settings(base: PipelineConfig, **overrides: Any) -> PipelineConfig:
     cfg = PipelineConfig(**{**asdict(base), "tiling": base.tiling,
                             **{k: v for k, v in overrides.items() if v is not None}})
     if isinstance(tiling, dict):
+        unknown = set(tiling) - set(asdict(base.tiling))
+        if unknown:
+            raise ConfigError(f"unknown tiling option(s) {sorted(unknown)}; known: "
+                              f"{sorted(asdict(base.tiling))}")
         cfg.tiling = TileConfig(**{**asdict(base.tiling), **tiling})
     elif tiling is not None:
         cfg.tiling = tiling
@@ -154,6 +159,16 @@ def check_settings(cfg: PipelineConfig) -> None:
         raise ConfigError(f"alpha={cfg.alpha} is outside (0, 1); use e.g. 0.1")
     if cfg.lainr_chunk < 1 or cfg.max_batch < 1 or cfg.batch_megapixels <= 0:
         raise ConfigError("lainr_chunk, max_batch and batch_megapixels must be positive")
+    if not 0 <= int(cfg.seed) < 2**32:
+        raise ConfigError(f"--seed {cfg.seed} is outside [0, 2^32); use e.g. 0")
+    if not float(cfg.std_floor) > 0:
+        raise ConfigError(f"std_floor={cfg.std_floor} must be > 0 (e.g. 0.002, half a grey "
+                          "level): pixels where all samples agree would get infinite scores")
+    t = cfg.tiling
+    if int(t.batch) < 1 or int(t.overlap) < 0 or int(t.tile) < -1 or int(t.norm_tiles) < 0 \
+            or int(t.norm_tiles) == 1:
+        raise ConfigError(f"tiling {asdict(t)}: tile is -1, 0 (auto) or a side in pixels, "
+                          "overlap >= 0, batch >= 1, norm_tiles 0 (all) or >= 2")
 
 
 def stages_needed(spec: str) -> int | None:
@@ -391,18 +406,42 @@ class CascadePipeline:
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a self-contained pipeline folder: ``pipeline.json``, the stage checkpoints
         (copied), the LAINR checkpoints their conditioning uses, ``calibration.json``.
-        Written under a temporary name and renamed into place."""
-        from cascade.atomic import atomic_write_text, fsync_dir, fsync_tree
-        from cascade.checkpoint import load_checkpoint
+        Written under a temporary name and renamed into place (the folder it replaces is
+        moved aside first and put back by the next save if a crash came in between)."""
+        from cascade.atomic import fsync_dir, fsync_tree
 
         if self.lainr_source is None or any(d.source is None for d in self.diffusion):
             raise CascadeError("this pipeline was built from in-memory models; build it from "
                                "checkpoint folders (from_pretrained) to save it")
         dest = Path(path)
         tmp = dest.with_name(f".{dest.name}.tmp")
+        old = dest.with_name(f".{dest.name}.old")
+        if old.exists() and not dest.exists():  # a save cut off between its two renames
+            old.rename(dest)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+        try:
+            self._write_folder(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_tree(tmp)
+        if dest.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            dest.rename(old)
+        tmp.rename(dest)
+        fsync_dir(dest.parent)
+        if old.exists():
+            shutil.rmtree(old)
+        return dest
+
+    def _write_folder(self, tmp: Path) -> None:
+        """The files of ``save_pretrained`` into the (new, empty) folder ``tmp``."""
+        from cascade.atomic import atomic_write_text
+        from cascade.checkpoint import load_checkpoint
+
         shutil.copytree(self.lainr_source, tmp / LAINR_FOLDER)
         copied = {load_checkpoint(self.lainr_source).meta["sha256"]: LAINR_FOLDER}
         entries = []
@@ -425,17 +464,6 @@ class CascadePipeline:
         atomic_write_text(tmp / "pipeline.json", json.dumps(meta, indent=2) + "\n")
         if self.calibration:
             _write_calibration(tmp, self.calibration)
-        fsync_tree(tmp)
-        old = dest.with_name(f".{dest.name}.old")
-        if dest.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            dest.rename(old)
-        tmp.rename(dest)
-        fsync_dir(dest.parent)
-        if old.exists():
-            shutil.rmtree(old)
-        return dest
 
     def to(self, device: torch.device | str) -> CascadePipeline:
         self.device = torch.device(device)
@@ -479,13 +507,15 @@ class CascadePipeline:
                              .tiles_for(*_padded(stage, step.in_size), rows))
         return plan
 
-    def _denoiser(self, stage, tiling: TileConfig, progress: bool = False):
+    def _denoiser(self, stage, tiling: TileConfig, progress: bool = False, rows: int = 1):
+        """``rows``: the run's samples per batch; the tiling decision is made for that many,
+        so a smaller last batch is tiled like the others (sample i does not depend on N)."""
         from cascade.diffusion.tiling import TiledDenoiser, auto_tiling
 
         tile, overlap, untiled = auto_tiling(tiling, self.device, stage.unet.downsample_factor)
         return TiledDenoiser(stage.unet, tile, overlap, tiling.batch, progress=progress,
                              global_norm=tiling.global_norm, untiled_pixels=untiled,
-                             norm_tiles=tiling.norm_tiles)
+                             norm_tiles=tiling.norm_tiles, min_rows=rows)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -548,65 +578,101 @@ class CascadePipeline:
         knobs = {k: getattr(cfg, k) for k in KNOBS}
         stages = [(step, by_name[step.stage]) for step in plan.diffusion]
         resolved = [stage.knobs(**knobs) for _, stage in stages]  # checks the knobs
-        denoisers = [self._denoiser(stage, cfg.tiling, progress=progress and step.tiles > 8)
-                     for step, stage in stages]
+        rows = rows_per_batch(cfg, H, W)
+        denoisers = [self._denoiser(stage, cfg.tiling, progress=progress and step.tiles > 8,
+                                    rows=min(rows, n)) for step, stage in stages]
         # The first stage's conditioning does not depend on the sample: compute it once.
         step0, stage0 = stages[0]
         t0 = time.perf_counter()
         cond0 = _condition(stage0, x.to(stage0.device), step0.out_size, progress)
         timings[f"{step0.stage}.conditioning"] = time.perf_counter() - t0
-        rows = rows_per_batch(cfg, H, W)
         moments, kept, first = RunningMoments(), [], None
-        bar = tqdm(total=n, desc=f"samples ({plan.stages})", unit="sample", leave=False,
-                   disable=not progress, dynamic_ncols=True)
-        for start in range(0, n, rows):
-            batch = list(range(start, min(n, start + rows)))
-            y = x.expand(len(batch), -1, -1, -1)
-            for j, ((step, stage), k, den) in enumerate(zip(stages, resolved, denoisers)):
-                t0 = time.perf_counter()
-                if j == 0:
-                    cond = cond0.expand(len(batch), -1, -1, -1)
-                else:
-                    cond = _condition(stage, y.to(stage.device), step.out_size, progress)
-                    timings[f"{step.stage}.conditioning"] = (
-                        timings.get(f"{step.stage}.conditioning", 0.0) + time.perf_counter() - t0)
+        with tqdm(total=n, desc=f"samples ({plan.stages})", unit="sample", leave=False,
+                  disable=not progress, dynamic_ncols=True) as bar:  # closed on errors too
+            for start in range(0, n, rows):
+                batch = list(range(start, min(n, start + rows)))
+                y = x.expand(len(batch), -1, -1, -1)
+                for j, ((step, stage), k, den) in enumerate(zip(stages, resolved, denoisers)):
                     t0 = time.perf_counter()
-                gens = [generator_for(cfg.seed, i) if j == 0 else generator_for(cfg.seed, i, j)
-                        for i in batch]
-                y = stage.draw(y.to(stage.device), cond.to(stage.device), gens, k,
-                               progress=progress, denoise_fn=den,
-                               desc=f"{step.stage} {k.sampler} {k.steps} steps")
-                timings[step.stage] = timings.get(step.stage, 0.0) + time.perf_counter() - t0
-            done = y[:, :, :H, :W].to("cpu", torch.float32)  # (R, 3, H, W)
-            moments.update(done)
-            for r, i in enumerate(batch):
-                if first is None:
-                    first = done[r].clone()
-                if on_sample is not None:
-                    on_sample(i, done[r])
-                if keep_samples:
-                    kept.append(done[r])
-            bar.update(len(batch))
-            del y, done
-        bar.close()
+                    if j == 0:
+                        cond = cond0.expand(len(batch), -1, -1, -1)
+                    else:
+                        cond = _condition(stage, y.to(stage.device), step.out_size, progress)
+                        key = f"{step.stage}.conditioning"
+                        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                    gens = [generator_for(cfg.seed, i) if j == 0
+                            else generator_for(cfg.seed, i, j) for i in batch]
+                    y = stage.draw(y.to(stage.device), cond.to(stage.device), gens, k,
+                                   progress=progress, denoise_fn=den,
+                                   desc=f"{step.stage} {k.sampler} {k.steps} steps")
+                    timings[step.stage] = (timings.get(step.stage, 0.0)
+                                           + time.perf_counter() - t0)
+                done = y[:, :, :H, :W].to("cpu", torch.float32)  # (R, 3, H, W)
+                moments.update(done)
+                for r, i in enumerate(batch):
+                    if first is None:
+                        first = done[r].clone()
+                    if on_sample is not None:
+                        on_sample(i, done[r])
+                    if keep_samples:
+                        kept.append(done[r])
+                bar.update(len(batch))
+                del y, done
         timings["total"] = time.perf_counter() - t_all
         assert moments.mean is not None and first is not None
         samples = torch.stack(kept) if keep_samples else None
-        out = CascadeOutput(plan, moments.mean, moments.std(), first, samples, n,
-                            _settings(cfg, resolved[0]), timings)
-        out.calibration = self.calibration_for(plan, n)
+        settings = _settings(cfg, resolved[0])
+        settings["stage_settings"] = {step.stage: {kk: getattr(k, kk) for kk in KNOBS}
+                                      for (step, _), k in zip(stages, resolved)}
+        out = CascadeOutput(plan, moments.mean, moments.std(), first, samples, n, settings,
+                            timings)
+        out.calibration = self.calibration_for(
+            plan, n, cfg.alpha, {k: getattr(resolved[0], k) for k in CALIBRATION_KNOBS})
         return out
 
-    def calibration_for(self, plan: Plan, num_samples: int) -> dict[str, Any] | None:
-        """The calibration entry for this plan's stages: the same scale and N if there is
-        one, else the nearest scale (log ratio), then the nearest N."""
+    def calibration_for(self, plan: Plan, num_samples: int, alpha: float | None = None,
+                        knobs: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The calibration entry for this plan's stages (and ``alpha`` if given): the same
+        scale and N if there is one, else the nearest scale (log ratio), then the nearest N.
+        The copy returned says under ``match`` whether it was fitted for exactly this run
+        (``exact``) and what differs (``differs``: scale, num_samples, a sampler knob of
+        ``knobs``, or the stage weights)."""
         names = [s.stage for s in plan.diffusion]
-        entries = [e for e in self.calibration if e.get("stages") == names]
+        entries = [e for e in self.calibration if e.get("stages") == names
+                   and (alpha is None or abs(e.get("alpha", 0.1) - alpha) < 1e-9)]
         if not entries:
             return None
         scale = max(plan.out_size[0] / plan.in_size[0], plan.out_size[1] / plan.in_size[1])
-        return min(entries, key=lambda e: (abs(math.log(e["scale"] / scale)),
+        best = min(entries, key=lambda e: (abs(math.log(e["scale"] / scale)),
                                            abs(e["num_samples"] - num_samples)))
+        differs = []
+        if abs(best["scale"] - scale) > 1e-6 * scale:
+            differs.append(f"scale (fitted at x{best['scale']:g})")
+        if best["num_samples"] != num_samples:
+            differs.append(f"num_samples (fitted with {best['num_samples']})")
+        for k, v in (knobs or {}).items():
+            if k in best and best[k] != v:
+                differs.append(f"{k} (fitted with {best[k]})")
+        weights = best.get("weights")
+        if weights is not None and any(weights.get(k) != v for k, v in self.fingerprint().items()
+                                       if k in names or k == LAINR_FOLDER):
+            differs.append("stage weights (fitted for other checkpoints)")
+        return {**best, "match": {"exact": not differs, "differs": differs}}
+
+    def fingerprint(self) -> dict[str, str]:
+        """The sha256 of each stage's weights (from its checkpoint.json), by stage name
+        (``lainr`` for the LAINR stage); "in memory" for stages built without a folder."""
+        def sha(folder: Path | None) -> str:
+            if folder is None:
+                return "in memory"
+            try:
+                return str(_read_json(Path(folder) / "checkpoint.json").get("sha256"))
+            except (CascadeError, OSError):
+                return "unknown"
+
+        return {LAINR_FOLDER: sha(self.lainr_source),
+                **{d.name: sha(d.source) for d in self.diffusion}}
 
     def _as_batch(self, image: Tensor | str | Path) -> Tensor:
         if isinstance(image, (str, Path)):
@@ -750,13 +816,16 @@ def _write_calibration(folder: Path, entries: list[dict[str, Any]]) -> Path:
 
 def save_calibration(pipe: CascadePipeline, entry: dict[str, Any],
                      folder: Path | None = None) -> Path:
-    """Add ``entry`` to the pipeline's calibration (replacing one for the same stages, scale
-    and N) and write ``calibration.json`` into ``folder`` (default: where it was loaded)."""
-    key = (entry["stages"], entry["scale"], entry["num_samples"])
-    pipe.calibration = [e for e in pipe.calibration
-                        if (e.get("stages"), e.get("scale"), e.get("num_samples")) != key]
-    pipe.calibration.append(entry)
+    """Add ``entry`` to the pipeline's calibration (replacing one for the same stages, scale,
+    N and alpha) and write ``calibration.json`` into ``folder`` (default: where it was
+    loaded). Entries another process saved there since this pipeline was loaded are kept."""
+    def key(e: dict[str, Any]) -> tuple:
+        return (e.get("stages"), e.get("scale"), e.get("num_samples"), e.get("alpha", 0.1))
+
     where = folder or pipe.home
     if where is None:
         raise CascadeError("this pipeline has no folder; pass one to save the calibration in")
+    merged = {json.dumps(key(e)): e for e in [*load_calibration(Path(where)), *pipe.calibration]}
+    merged[json.dumps(key(entry))] = entry
+    pipe.calibration = list(merged.values())
     return _write_calibration(where, pipe.calibration)

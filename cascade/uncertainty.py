@@ -197,11 +197,12 @@ def block_detail(image: Tensor, block: int = 8) -> Tensor:
 
 
 def detail_contrast(std_map: Tensor, reference: Tensor, block: int = 8,
-                    share: float = 0.2) -> float:
+                    share: float = 0.2, floor: float = 1e-3) -> float:
     """Does an uncertainty map (H, W) light up on detail? Its mean on the ``share`` most
     detailed ``block``-pixel blocks of ``reference`` (3, H, W; detail = local std of the luma)
     over its mean on the ``share`` flattest blocks: 1 = no preference, > 1 = edges and
-    textures."""
+    textures. Both means count as at least ``floor`` (a quarter of a grey level), so a map
+    that is exactly 0 on flat blocks gives a large finite ratio, not 1e12."""
     if std_map.shape[-2:] != reference.shape[-2:]:
         raise ValueError(f"detail_contrast: map {tuple(std_map.shape)} and reference "
                          f"{tuple(reference.shape)} differ in size")
@@ -212,7 +213,7 @@ def detail_contrast(std_map: Tensor, reference: Tensor, block: int = 8,
     s = F.avg_pool2d(std_map[None, None, :H, :W].double(), block).flatten()
     order = torch.argsort(detail, stable=True)
     n = max(1, int(share * order.numel()))
-    return float(s[order[-n:]].mean() / s[order[:n]].mean().clamp_min(1e-12))
+    return float(s[order[-n:]].mean().clamp_min(floor) / s[order[:n]].mean().clamp_min(floor))
 
 
 def _check_alpha(alpha: float) -> None:

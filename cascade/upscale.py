@@ -4,7 +4,8 @@ Each input goes through the cascade (``cascade.pipeline``): LAINR, then the x2 d
 stages the plan asks for, N samples. Per input ``NAME`` and tag ``x{S}`` (or ``WxH`` for
 ``--size``) it writes ``NAME_x{S}.png`` (the mean of the samples, or the first sample with
 ``output=sample``) and, when the plan samples (diffusion) and N >= 2,
-``NAME_x{S}_samples/sample_NN.png`` (written as they finish) and ``NAME_x{S}_std.png`` (the
+``NAME_x{S}_samples/sample_NN.png`` (written as they finish into ``.NAME_x{S}_samples.tmp/``,
+renamed into place when all N are done, replacing an earlier run's) and ``NAME_x{S}_std.png`` (the
 per-pixel std over the samples, mean of R, G, B, as a heatmap with a colour bar) and
 ``NAME_x{S}_interval.png`` (the width of the samples' empirical ``[alpha/2, 1 - alpha/2]``
 quantile interval, from the written 8-bit samples; skipped, and said in ``run.json``, when
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -143,10 +145,15 @@ def _run(files: list[Path], failures: list[str], s: float | None,
     single = len(files) == 1
     records: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
+    first_of: dict[str, Path] = {}  # output stem -> the input that claimed it
     with tqdm(files, desc=f"upscale ({cfg.stages})", unit="img", dynamic_ncols=True,
               disable=single) as bar:
         for path in bar:
             try:
+                if first_of.setdefault(path.stem, path) != path:
+                    raise CascadeError(f"its outputs ({path.stem}_*) would overwrite those of "
+                                       f"{first_of[path.stem]}; rename it or upscale it into "
+                                       "another --out folder")
                 img = load_image(path)
                 in_hw = tuple(img.shape[-2:])
                 H, W = target_size(in_hw, s, wanted)
@@ -198,8 +205,13 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
     plan = pipe.plan(tuple(img.shape[-2:]), out_hw, cfg.stages)
     n = int(cfg.num_samples)
     record: dict[str, Any] = {"output": str(dest)}
-    sample_dir = out_dir / f"{name}_samples"
+    final_samples = out_dir / f"{name}_samples"
+    # Samples go into a temporary folder renamed into place at the end, so a rerun with
+    # another N, or an interrupted one, never leaves a mix of two runs' samples.
+    sample_dir = out_dir / f".{name}_samples.tmp"
     streamed = plan.stochastic and n > 1  # one stochastic sample is the output itself
+    if sample_dir.exists():
+        shutil.rmtree(sample_dir)
 
     H, W = out_hw
     kept: list[torch.Tensor] | None = [] if n * H * W <= QUANTILE_PIXELS else None
@@ -210,10 +222,18 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
             kept.append(to_uint8(x))
 
     if streamed:
-        record["samples"] = str(sample_dir)
-    result = pipe(img, size=out_hw, keep_samples=False,
-                  on_sample=writer if streamed else None, progress=True)
+        record["samples"] = str(final_samples)
+    try:
+        result = pipe(img, size=out_hw, keep_samples=False,
+                      on_sample=writer if streamed else None, progress=True)
+    except BaseException:
+        shutil.rmtree(sample_dir, ignore_errors=True)
+        raise
     save_image(result.image, dest)
+    _replace_folder(sample_dir if streamed else None, final_samples)
+    if not streamed:  # maps an earlier run into this folder made and this one does not
+        for stale in ("std", "interval"):
+            (out_dir / f"{name}_{stale}.png").unlink(missing_ok=True)
     if streamed:
         from cascade.evaluation.heatmap import save_heatmap
 
@@ -227,6 +247,17 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
                    "timings": {k: round(v, 3) for k, v in result.timings.items()},
                    "settings": result.settings})
     return record
+
+
+def _replace_folder(new: Path | None, dest: Path) -> None:
+    """Put folder ``new`` at ``dest`` (None: just remove ``dest``), replacing what was there."""
+    old = dest.with_name(f".{dest.name}.old")
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        dest.rename(old)
+    if new is not None:
+        new.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +295,7 @@ def _interval_maps(result, kept: list[torch.Tensor] | None, alpha: float, out_di
                      title=f"{name}: width of the {level} quantile interval of {n} samples")
         rec.update(map=str(dest), quantile_width_mean=round(float(width.mean()), 6))
     else:
+        (out_dir / f"{name}_interval.png").unlink(missing_ok=True)  # an earlier run's
         rec["map"] = None
         rec["note"] = (f"{n} samples x {result.mean[0].numel()} pixels exceed "
                        f"{QUANTILE_PIXELS} kept sample pixels: no quantile map")
@@ -272,6 +304,7 @@ def _interval_maps(result, kept: list[torch.Tensor] | None, alpha: float, out_di
         c = result.calibration
         rec["calibrated"] = {"factor": c["factor"], "alpha": c.get("alpha"),
                              "fitted_at": {"scale": c["scale"], "num_samples": c["num_samples"]},
+                             "match": c.get("match"),
                              "width_mean": round(float((hi - lo).mean()), 6)}
     return rec
 

@@ -30,10 +30,33 @@ from pathlib import Path
 import torch
 
 
-def report_one(rec: dict, stages: str, truth: Path, pipe) -> tuple[dict, dict]:
-    """The figures for one output record of a run.json (``cascade upscale`` with ``stages``),
-    and the images for its panel. The interval is calibrated by ``pipe``'s calibration.json
-    entry for the plan (what the run would use now), else it is ``mean +- std``."""
+def truth_for(name: str, truth: Path, lr: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """The original ``truth/NAME.*`` cropped top-left to the output size (as ``degrade`` crops
+    it), checked to be what the input was made from: D(crop) within 30 dB of the input."""
+    from cascade.data.degrade import imresize
+    from cascade.data.io import list_images, load_image
+    from cascade.metrics.fidelity import psnr
+
+    found = [p for p in list_images(truth) if p.stem == name]
+    if not found:
+        raise SystemExit(f"no {name}.* in {truth}; pass the folder of the originals the inputs "
+                         "were downscaled from as --truth")
+    H, W = out_hw
+    hr = load_image(found[0])[None, :, :H, :W]
+    if tuple(hr.shape[-2:]) != (H, W) or float(
+            psnr(imresize(hr, size=tuple(lr.shape[-2:])), lr)[0]) < 30:
+        raise SystemExit(f"{found[0]} is not the original of the input {name} (too small, or "
+                         "its downscaling does not match the input); pass the originals the "
+                         "inputs were made from (scripts/make_crops.py --downscale)")
+    return hr
+
+
+def report_one(rec: dict, run: dict, truth: Path, pipe) -> tuple[dict, dict]:
+    """The figures for one output record of a run.json (``cascade upscale``), and the images
+    for its panel. The interval is calibrated by ``pipe``'s calibration.json entry for the
+    plan (what the run would use now), else it is ``mean +- std``. Std, mean and intervals
+    come from the written 8-bit samples (the run's float std is not stored), so they differ
+    from the run's own by up to half a grey level."""
     from cascade.data.degrade import upscale_bicubic
     from cascade.data.io import load_image
     from cascade.metrics.fidelity import psnr
@@ -43,20 +66,23 @@ def report_one(rec: dict, stages: str, truth: Path, pipe) -> tuple[dict, dict]:
     name = Path(rec["input"]).stem
     lr = load_image(rec["input"])[None]
     H, W = rec["out_size"]
-    hr = load_image(truth / f"{name}.png")[None, :, :H, :W]
-    if tuple(hr.shape[-2:]) != (H, W):
-        raise SystemExit(f"{truth / name}.png is smaller than the {W}x{H} output; pass the "
-                         "originals the inputs were downscaled from as --truth")
+    hr = truth_for(name, truth, lr, (H, W))
     scale = W / lr.shape[-1]
-    mean = load_image(rec["output"])[None]
-    samples = torch.stack([load_image(p) for p in sorted(Path(rec["samples"]).glob("*.png"))])
-    std = samples.std(0, correction=1)  # (3, H, W), from the written 8-bit samples
+    n = int(run["settings"]["num_samples"])
+    files = [Path(rec["samples"]) / f"sample_{i:02d}.png" for i in range(n)]
+    if not all(f.is_file() for f in files):
+        raise SystemExit(f"{rec['samples']} does not hold the run's {n} samples; rerun "
+                         "cascade upscale")
+    samples = torch.stack([load_image(f) for f in files])  # (N, 3, H, W)
+    std = samples.std(0, correction=1)  # (3, H, W)
+    mean = (load_image(rec["output"])[None] if run["settings"].get("output", "mean") == "mean"
+            else samples.mean(0, keepdim=True))  # output=sample: the PNG is sample 0
     with torch.no_grad():
         bic = upscale_bicubic(lr, (H, W)).clamp(0, 1)
         inr = pipe(lr[0], size=(H, W), stages="inr").mean[None]
     err = (mean - hr).abs()[0]  # (3, H, W)
-    cal = pipe.calibration_for(pipe.plan(tuple(lr.shape[-2:]), (H, W), stages),
-                               samples.shape[0])
+    cal = pipe.calibration_for(pipe.plan(tuple(lr.shape[-2:]), (H, W), run["stages"]), n,
+                               run["settings"].get("alpha"))
     factor = cal["factor"] if cal else 1.0
     lo, hi = std_interval(mean[0], std, factor, cal["std_floor"] if cal else 0.0)
     _, curve, oracle = sparsification(std, err)
@@ -114,26 +140,35 @@ def panel(images: dict[str, torch.Tensor], row: dict, dest: Path, crop: int) -> 
 
 
 def main() -> None:
+    from cascade.errors import CascadeError
     from cascade.pipeline import CascadePipeline
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="cascade upscale output folders (with run.json)")
-    ap.add_argument("--truth", required=True, help="folder of the original photos (NAME.png)")
+    ap.add_argument("--truth", required=True, help="folder of the original photos (NAME.*)")
     ap.add_argument("--pipeline", default="checkpoints", help="for the LAINR-only column")
     ap.add_argument("--crop", type=int, default=160, help="panel crop side in output pixels")
     ap.add_argument("--out", default="outputs/uncertainty_report")
     args = ap.parse_args()
-    pipe = CascadePipeline.from_pretrained(args.pipeline)
+    try:
+        pipe = CascadePipeline.from_pretrained(args.pipeline)
+    except CascadeError as e:
+        raise SystemExit(f"uncertainty_report: {e}") from None
     out = Path(args.out)
     rows = []
     for run_dir in map(Path, args.runs):
+        if not (run_dir / "run.json").is_file():
+            raise SystemExit(f"{run_dir} has no run.json; pass folders written by cascade "
+                             "upscale --samples N (N >= 2)")
         run = json.loads((run_dir / "run.json").read_text())
         for rec in run["outputs"]:
             if not rec.get("samples"):
                 print(f"skipped {rec['input']}: no samples (a deterministic plan or N = 1)")
                 continue
-            row, images = report_one(rec, run["stages"], Path(args.truth), pipe)
+            row, images = report_one(rec, run, Path(args.truth), pipe)
             tag = f"{row['image']}_x{row['scale']:g}"
+            while any(Path(r["panel"]).name == f"{tag}_panel.png" for r in rows):
+                tag += "_"  # the same image and scale in another run folder
             row["panel"] = str(panel(images, row, out / f"{tag}_panel.png", args.crop))
             rows.append(row)
     cols = ["image", "scale", "size", "N", "psnr_bicubic", "psnr_lainr", "psnr_mean",

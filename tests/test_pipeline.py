@@ -458,3 +458,164 @@ def test_memory_budget_counts_diffusion_plans_at_their_own_bytes_per_pixel(folde
     assert not (tmp_path / "a").exists()
     assert main([*args, "--stages", "inr", "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "in_x8.png").is_file()
+
+
+# -- review fixes: settings, tiling decision, calibration matching, reruns, name clashes -------
+
+@pytest.mark.parametrize("override, needle", [
+    ({"seed": -1}, "seed"), ({"seed": 2**32}, "seed"), ({"std_floor": 0.0}, "std_floor"),
+    ({"tiling": {"norm_tiles": 1}}, "norm_tiles"), ({"tiling": {"batch": 0}}, "batch"),
+    ({"tiling": {"tiel": 64}}, "unknown tiling option"),
+])
+def test_settings_that_cannot_work_are_one_line_config_errors(override, needle):
+    from cascade.pipeline import merge_settings
+
+    with pytest.raises(ConfigError, match=needle):
+        merge_settings(PipelineConfig(), **override)
+
+
+def test_the_last_smaller_batch_is_tiled_like_the_others():
+    """With 2 samples per batch over the untiled limit, sample 2 is tiled whether it is drawn
+    in a full batch (N=4) or alone in the last one (N=3): it does not depend on N."""
+    lainr, _ = _tiny_lainr()
+    pipe = CascadePipeline(lainr, [("sr3_x2", _stage())])
+    lr = torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(4))
+    tiling = {"tile": 24, "overlap": 8, "untiled": 1.5 * 40 * 40 / 1e6}  # 1 row fits, 2 don't
+    three = pipe(lr, scale=2, num_samples=3, max_batch=2, tiling=tiling, **FAST)
+    four = pipe(lr, scale=2, num_samples=4, max_batch=2, tiling=tiling, **FAST)
+    alone = pipe(lr, scale=2, num_samples=3, max_batch=1, tiling=tiling, **FAST)
+    torch.testing.assert_close(three.samples, four.samples[:3], atol=1e-5, rtol=0)
+    assert float((alone.samples[2] - three.samples[2]).abs().max()) > 1e-4  # untiled differs
+
+
+def test_calibration_matches_alpha_and_says_what_differs(folder, tmp_path):
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "ck")
+    pipe = CascadePipeline.from_pretrained(tmp_path / "ck")
+    base = {"stages": ["sr3_x2"], "scale": 2.0, "num_samples": 2, "std_floor": 0.002,
+            "sampler": "ddim", "steps": 2, "projection": 1.0, "weights": pipe.fingerprint()}
+    save_calibration(pipe, {**base, "alpha": 0.1, "factor": 2.0})
+    # another process adds an entry meanwhile: this pipeline's next save keeps it
+    other = CascadePipeline.from_pretrained(tmp_path / "ck")
+    save_calibration(other, {**base, "alpha": 0.2, "factor": 1.5})
+    save_calibration(pipe, {**base, "alpha": 0.1, "scale": 4.0, "factor": 3.0})
+    again = CascadePipeline.from_pretrained(tmp_path / "ck")
+    assert sorted(e["factor"] for e in again.calibration) == [1.5, 2.0, 3.0]
+    lr = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(5))
+    out = again(lr, scale=2, num_samples=2, **FAST)
+    assert out.calibration["factor"] == 2.0 and out.calibration["match"]["exact"]
+    out = again(lr, scale=2, num_samples=2, alpha=0.2, **FAST)
+    assert out.calibration["factor"] == 1.5
+    out = again(lr, scale=2, num_samples=3, steps=3, sampler="ddim")
+    assert not out.calibration["match"]["exact"]
+    assert any("num_samples" in d for d in out.calibration["match"]["differs"])
+    assert any("steps" in d for d in out.calibration["match"]["differs"])
+    retrained = dict(base["weights"], sr3_x2="0" * 64)
+    save_calibration(again, {**base, "alpha": 0.1, "factor": 2.0, "weights": retrained})
+    out = again(lr, scale=2, num_samples=2, **FAST)
+    assert out.calibration["match"]["differs"] == ["stage weights (fitted for other checkpoints)"]
+    assert again(lr, scale=2, num_samples=2, alpha=0.05, **FAST).calibration is None
+
+
+def test_upscale_rerun_into_the_same_folder_replaces_the_samples_and_maps(folder, tmp_path):
+    from cascade.data.io import save_image
+
+    img = tmp_path / "photo.png"
+    save_image(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1)), img)
+    out = tmp_path / "out"
+    args = ["upscale", str(img), "--scale", "2", "--steps", "2", "--pipeline", str(folder),
+            "--out", str(out)]
+    assert main([*args, "--samples", "4"]) == 0
+    assert len(list((out / "photo_x2_samples").iterdir())) == 4
+    assert main([*args, "--samples", "2"]) == 0
+    assert sorted(p.name for p in (out / "photo_x2_samples").iterdir()) == [
+        "sample_00.png", "sample_01.png"]
+    assert main([*args, "--samples", "1"]) == 0  # one sample: no samples folder, no maps
+    assert sorted(p.name for p in out.iterdir()) == ["photo_x2.png", "run.json"]
+
+
+def test_upscale_inputs_with_the_same_name_do_not_overwrite_each_other(folder, tmp_path,
+                                                                       capsys):
+    from cascade.data.io import save_image
+
+    for sub in ("a", "b"):
+        save_image(torch.rand(3, 8, 8), tmp_path / "in" / sub / "photo.png")
+    out = tmp_path / "out"
+    assert main(["upscale", str(tmp_path / "in"), "--scale", "2", "--stages", "inr",
+                 "--pipeline", str(folder), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "would overwrite" in err and str(tmp_path / "in" / "a" / "photo.png") in err
+    run = json.loads((out / "run.json").read_text())
+    assert [Path(r["input"]).parent.name for r in run["outputs"]] == ["a"]
+    assert len(run["failures"]) == 1
+
+
+def test_run_settings_record_every_stages_knobs(folder, tmp_path):
+    import shutil
+
+    from cascade.checkpoint import save_checkpoint
+    from cascade.diffusion.unet import ConditionalUNet
+    from cascade.train import load_train_config
+
+    two = tmp_path / "two"
+    shutil.copytree(folder, two)
+    scfg = load_train_config(TINY_SR3, ["conditioning.upsampler=lainr",
+                                        f"conditioning.checkpoint={two / 'lainr'}",
+                                        "sampling.aug_level=0.03"])
+    save_checkpoint(two / "sr3_x2_b", ConditionalUNet(**TINY_UNET).state_dict(), scfg, "sr3")
+    out = CascadePipeline.from_pretrained(two)(torch.rand(3, 6, 6), scale=4, steps=2)
+    per = out.settings["stage_settings"]
+    assert per["sr3_x2"]["aug_level"] == 0.01 and per["sr3_x2_b"]["aug_level"] == 0.03
+    assert per["sr3_x2_b"]["steps"] == 2
+
+
+def test_uncertainty_report_script_on_an_upscale_run(folder, tmp_path, capsys, monkeypatch):
+    import runpy
+    import sys
+
+    from cascade.data.degrade import degrade
+    from cascade.data.io import save_image
+
+    hr = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    save_image(hr, tmp_path / "truth" / "photo.png")
+    save_image(degrade(hr, 2)[1], tmp_path / "in" / "photo.png")
+    run = tmp_path / "run"
+    assert main(["upscale", str(tmp_path / "in" / "photo.png"), "--scale", "2", "--samples",
+                 "3", "--steps", "2", "--pipeline", str(folder), "--out", str(run)]) == 0
+    capsys.readouterr()
+    script = str(ROOT / "scripts" / "uncertainty_report.py")
+    monkeypatch.setattr(sys, "argv", [script, str(run), "--truth", str(tmp_path / "truth"),
+                                      "--pipeline", str(folder), "--out", str(tmp_path / "rep"),
+                                      "--crop", "16"])
+    runpy.run_path(script, run_name="__main__")
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert len(rows) == 1 and rows[0]["N"] == 3 and rows[0]["interval"] == "mean +- std"
+    assert -1 <= rows[0]["spearman"] <= 1 and 0 <= rows[0]["coverage"] <= 1
+    assert (tmp_path / "rep" / "photo_x2_panel.png").is_file()
+    monkeypatch.setattr(sys, "argv", [script, str(run), "--truth", str(tmp_path / "in"),
+                                      "--pipeline", str(folder)])
+    with pytest.raises(SystemExit, match="not the original"):
+        runpy.run_path(script, run_name="__main__")
+
+
+def test_a_failed_save_pretrained_keeps_the_old_folder_and_leaves_no_temp(folder, tmp_path,
+                                                                         monkeypatch):
+    pipe = CascadePipeline.from_pretrained(folder)
+    saved = pipe.save_pretrained(tmp_path / "pipe")
+    before = sorted(p.name for p in saved.iterdir())
+
+    def broken(self, tmp):
+        (tmp / "half").write_text("x")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(CascadePipeline, "_write_folder", broken)
+    with pytest.raises(OSError, match="disk full"):
+        pipe.save_pretrained(saved)
+    assert sorted(p.name for p in saved.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+    monkeypatch.undo()
+    saved.rename(tmp_path / ".pipe.old")  # a save cut off between its two renames
+    pipe.save_pretrained(saved)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+    assert CascadePipeline.from_pretrained(saved).diffusion[0].name == "sr3_x2"

@@ -236,7 +236,7 @@ class TiledDenoiser:
 
     def __init__(self, unet, tile: int, overlap: int, batch: int = 4,
                  progress: bool = False, global_norm: bool = True,
-                 untiled_pixels: int = 0, norm_tiles: int = 0) -> None:
+                 untiled_pixels: int = 0, norm_tiles: int = 0, min_rows: int = 1) -> None:
         if tile and tile < 2 * overlap:
             raise ValueError(f"tile {tile} must be at least twice the overlap {overlap}")
         self.unet = unet
@@ -246,12 +246,15 @@ class TiledDenoiser:
         self.global_norm = global_norm
         self.untiled_pixels = untiled_pixels
         self.norm_tiles = norm_tiles
+        # Whether to tile is decided for at least this many rows (a run's batch), so a
+        # smaller last batch is tiled like the others and sample i does not depend on N.
+        self.min_rows = max(1, min_rows)
         self.calls = 0  # network calls so far (tests, benchmarks)
         self._cache: dict[tuple, tuple[list[Tile], Tensor]] = {}
 
     def tiles_for(self, H: int, W: int, rows: int = 1) -> list[Tile]:
         """The tiles of an (H, W) image drawn ``rows`` samples at a time."""
-        whole = rows * H * W <= self.untiled_pixels
+        whole = max(rows, self.min_rows) * H * W <= self.untiled_pixels
         if not self.tile or whole or (H <= self.tile and W <= self.tile):
             return [Tile(0, 0, H, W, (0, 0, 0, 0), (0, H, 0, W))]
         return layout(H, W, self.tile, self.overlap, self.multiple)
@@ -280,7 +283,7 @@ class TiledDenoiser:
         out = torch.zeros_like(r_t)  # (B, 3, H, W): blended network output
         bar = tqdm(total=sum(len(ts) for _, ts in passes), desc="tiles", unit="tile",
                    leave=False, disable=not self.progress, dynamic_ncols=True)
-        with GlobalGroupNorm(self.unet) if self.global_norm else nullcontext() as norm:
+        with bar, GlobalGroupNorm(self.unet) if self.global_norm else nullcontext() as norm:
             for mode, todo in passes:
                 if norm is not None:
                     norm.mode, norm.rows = mode, B
@@ -298,7 +301,6 @@ class TiledDenoiser:
                     for i, g in enumerate(group):
                         win = blend_window((g.h, g.w), g.ramps, out.device, out.dtype)
                         out[..., g.y:g.y + g.h, g.x:g.x + g.w] += y[i * B:(i + 1) * B] * win
-        bar.close()
         return out / total
 
     def _sampled(self, tiles: list[Tile]) -> list[Tile]:
