@@ -143,3 +143,28 @@ def load_checkpoint(folder: str | os.PathLike, stage: str | None = None) -> Load
         raise CheckpointError(f"cannot parse {folder / 'config.yaml'}: {str(e).splitlines()[0]}; "
                               "re-export the checkpoint") from None
     return LoadedCheckpoint(state, config, meta, folder)
+
+
+def update_config(folder: str | os.PathLike, overrides: list[str]) -> Path:
+    """Rewrite an inference checkpoint's ``config.yaml`` with dotted ``key=value`` items (e.g.
+    ``sampling.temperature=0.8``: a stage's default sampling settings); the weights, stage and
+    step are kept, the checksums renewed, the folder replaced atomically. A key the config
+    does not have is a one-line ConfigError."""
+    import yaml
+
+    from cascade.errors import ConfigError
+
+    ck = load_checkpoint(folder)
+    cfg = ck.config
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            raise ConfigError(f"{item!r}: give key=value with a key of {ck.path}/config.yaml, "
+                              "e.g. sampling.temperature=0.8")
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+    return save_checkpoint(ck.path, ck.state_dict, cfg, ck.meta["stage"],
+                           int(ck.meta.get("step", 0)))
+
+
+_MISSING = object()
+

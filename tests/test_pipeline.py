@@ -619,3 +619,23 @@ def test_a_failed_save_pretrained_keeps_the_old_folder_and_leaves_no_temp(folder
     pipe.save_pretrained(saved)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
     assert CascadePipeline.from_pretrained(saved).diffusion[0].name == "sr3_x2"
+
+
+def test_update_config_changes_a_stage_default_and_keeps_the_weights(folder, tmp_path):
+    import shutil
+
+    from cascade.checkpoint import load_checkpoint, update_config
+    from cascade.diffusion.pretrained import load_sr3
+
+    shutil.copytree(folder, tmp_path / "ck")
+    stage_dir = tmp_path / "ck" / "sr3_x2"
+    before = load_checkpoint(stage_dir).meta
+    update_config(stage_dir, ["sampling.temperature=0.8", "sampling.steps=3"])
+    after = load_checkpoint(stage_dir)  # checksums verified
+    assert after.meta["sha256"] == before["sha256"] and after.meta["step"] == before["step"]
+    assert after.meta["config_sha256"] != before["config_sha256"]
+    k = load_sr3(stage_dir).knobs()
+    assert k.temperature == 0.8 and k.steps == 3
+    with pytest.raises(ConfigError, match="sampling.temperature=0.8"):
+        update_config(stage_dir, ["sampling.temprature=0.8"])
+    assert sorted(p.name for p in stage_dir.parent.iterdir()) == ["lainr", "sr3_x2"]

@@ -26,7 +26,7 @@ from cascade.config import save_config, to_container
 from cascade.errors import ConfigError
 from cascade.evaluation.methods import METHODS, make_method
 from cascade.evaluation.store import SET_ROW, ResultsStore, row_key
-from cascade.evaluation.sweep import expand, label, variant_dir, variant_labels
+from cascade.evaluation.sweep import expand, variant_dir, variant_labels
 
 
 @dataclass
@@ -129,9 +129,10 @@ def evaluate(cfg) -> list[dict[str, Any]]:
     total = len(variants) * len(scales) * sum(len(ds) for ds in datasets)
     # closed on an error too, so the error line is not printed into a half-drawn bar
     with tqdm(total=total, desc="evaluate", unit="img", dynamic_ncols=True) as bar:
-        for name, settings in variants:
+        names = variant_labels([{"method": n, "settings": st} for n, st in variants])
+        for (name, settings), short in zip(variants, names):
             method = make_method(name, settings).to(run.device)
-            bar.set_postfix_str(label(name, method.settings), refresh=False)
+            bar.set_postfix_str(short, refresh=False)  # what tells the variants apart
             for ds in datasets:
                 for scale in scales:
                     _evaluate_group(run, method, ds, scale, bar)
