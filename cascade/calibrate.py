@@ -109,6 +109,7 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
         "stages": [d.name for d in used][:len(res.plan.diffusion)], "stages_spec": spec,
         "scale": s, "num_samples": int(cfg.num_samples), "sampler": knobs.get("sampler"),
         "steps": knobs.get("steps"), "projection": knobs.get("projection"),
+        "stage_settings": knobs.get("stage_settings"),  # every stage's sampler knobs
         "seed": int(cfg.seed), "alpha": float(cfg.alpha), "factor": factor,
         "std_floor": float(cfg.std_floor), "data": str(data), "crop": int(crop),
         "fit_images": len(fit_scores), "test_images": len(test), "plan": plan_summary,

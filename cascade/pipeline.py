@@ -116,7 +116,6 @@ class PipelineConfig:
 
 
 KNOBS = ("sampler", "steps", "eta", "temperature", "aug_level", "projection")
-CALIBRATION_KNOBS = ("sampler", "steps", "projection")  # recorded with a calibration
 
 
 def merge_settings(base: PipelineConfig, **overrides: Any) -> PipelineConfig:
@@ -627,17 +626,17 @@ class CascadePipeline:
                                       for (step, _), k in zip(stages, resolved)}
         out = CascadeOutput(plan, moments.mean, moments.std(), first, samples, n, settings,
                             timings)
-        out.calibration = self.calibration_for(
-            plan, n, cfg.alpha, {k: getattr(resolved[0], k) for k in CALIBRATION_KNOBS})
+        out.calibration = self.calibration_for(plan, n, cfg.alpha, settings["stage_settings"])
         return out
 
     def calibration_for(self, plan: Plan, num_samples: int, alpha: float | None = None,
-                        knobs: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                        stage_settings: dict[str, dict[str, Any]] | None = None
+                        ) -> dict[str, Any] | None:
         """The calibration entry for this plan's stages (and ``alpha`` if given): the same
         scale and N if there is one, else the nearest scale (log ratio), then the nearest N.
         The copy returned says under ``match`` whether it was fitted for exactly this run
-        (``exact``) and what differs (``differs``: scale, num_samples, a sampler knob of
-        ``knobs``, or the stage weights)."""
+        (``exact``) and what differs (``differs``: scale, num_samples, a stage's sampler knob
+        in ``stage_settings`` ({stage: {knob: value}}), or the stage weights)."""
         names = [s.stage for s in plan.diffusion]
         entries = [e for e in self.calibration if e.get("stages") == names
                    and (alpha is None or abs(e.get("alpha", 0.1) - alpha) < 1e-9)]
@@ -651,9 +650,12 @@ class CascadePipeline:
             differs.append(f"scale (fitted at x{best['scale']:g})")
         if best["num_samples"] != num_samples:
             differs.append(f"num_samples (fitted with {best['num_samples']})")
-        for k, v in (knobs or {}).items():
-            if k in best and best[k] != v:
-                differs.append(f"{k} (fitted with {best[k]})")
+        fitted = best.get("stage_settings") or {}
+        for stage, knobs in (stage_settings or {}).items():
+            for k, v in knobs.items():
+                was = fitted.get(stage, {}).get(k, v)
+                if was != v:
+                    differs.append(f"{stage} {k} (fitted with {was})")
         weights = best.get("weights")
         if weights is not None and any(weights.get(k) != v for k, v in self.fingerprint().items()
                                        if k in names or k == LAINR_FOLDER):

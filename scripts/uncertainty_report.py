@@ -99,6 +99,8 @@ def report_one(rec: dict, run: dict, truth: Path, pipe) -> tuple[dict, dict]:
         "ause": ause(std, err),
         "ause_rand": float(torch.trapezoid(1 - oracle, fractions)),
         "interval": f"mean +- {factor:.2f} std" if cal else "mean +- std",
+        "calibration": ("none" if cal is None else "fitted for this run" if cal["match"]["exact"]
+                        else "fitted with other " + ", ".join(cal["match"]["differs"])),
         "coverage": coverage(lo, hi, hr[0]),
     }
     images = {"ground truth": hr[0], "bicubic": bic[0], "LAINR": inr[0],

@@ -493,8 +493,11 @@ def test_calibration_matches_alpha_and_says_what_differs(folder, tmp_path):
 
     shutil.copytree(folder, tmp_path / "ck")
     pipe = CascadePipeline.from_pretrained(tmp_path / "ck")
+    lr = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(5))
+    fitted = pipe(lr, scale=2, num_samples=2, **FAST).settings["stage_settings"]
+    assert fitted["sr3_x2"]["steps"] == 2 and fitted["sr3_x2"]["temperature"] == 1.0
     base = {"stages": ["sr3_x2"], "scale": 2.0, "num_samples": 2, "std_floor": 0.002,
-            "sampler": "ddim", "steps": 2, "projection": 1.0, "weights": pipe.fingerprint()}
+            "stage_settings": fitted, "weights": pipe.fingerprint()}
     save_calibration(pipe, {**base, "alpha": 0.1, "factor": 2.0})
     # another process adds an entry meanwhile: this pipeline's next save keeps it
     other = CascadePipeline.from_pretrained(tmp_path / "ck")
@@ -502,7 +505,6 @@ def test_calibration_matches_alpha_and_says_what_differs(folder, tmp_path):
     save_calibration(pipe, {**base, "alpha": 0.1, "scale": 4.0, "factor": 3.0})
     again = CascadePipeline.from_pretrained(tmp_path / "ck")
     assert sorted(e["factor"] for e in again.calibration) == [1.5, 2.0, 3.0]
-    lr = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(5))
     out = again(lr, scale=2, num_samples=2, **FAST)
     assert out.calibration["factor"] == 2.0 and out.calibration["match"]["exact"]
     out = again(lr, scale=2, num_samples=2, alpha=0.2, **FAST)
@@ -510,7 +512,9 @@ def test_calibration_matches_alpha_and_says_what_differs(folder, tmp_path):
     out = again(lr, scale=2, num_samples=3, steps=3, sampler="ddim")
     assert not out.calibration["match"]["exact"]
     assert any("num_samples" in d for d in out.calibration["match"]["differs"])
-    assert any("steps" in d for d in out.calibration["match"]["differs"])
+    assert any("sr3_x2 steps (fitted with 2)" == d for d in out.calibration["match"]["differs"])
+    out = again(lr, scale=2, num_samples=2, temperature=0.8, **FAST)
+    assert out.calibration["match"]["differs"] == ["sr3_x2 temperature (fitted with 1.0)"]
     retrained = dict(base["weights"], sr3_x2="0" * 64)
     save_calibration(again, {**base, "alpha": 0.1, "factor": 2.0, "weights": retrained})
     out = again(lr, scale=2, num_samples=2, **FAST)
