@@ -132,7 +132,7 @@ def panel(images: dict[str, torch.Tensor], row: dict, dest: Path, crop: int) -> 
             ax.imshow(part.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"{row['image']} x{row['scale']:g} ({row['plan']}); crop {c}x{c} at y={y}, "
+    fig.suptitle(f"{row['image']} x{row['scale']:g} ({row['plan'].split(';')[0]}); crop {c}x{c} at y={y}, "
                  f"x={x}\nPSNR-Y: bicubic {row['psnr_bicubic']:.2f}, LAINR "
                  f"{row['psnr_lainr']:.2f}, mean {row['psnr_mean']:.2f}, sample "
                  f"{row['psnr_sample0']:.2f}; Spearman(std, |err|) {row['spearman']:.2f}",
