@@ -8,7 +8,9 @@ A plan with diffusion stages holds more per output pixel: the last stage's LAINR
 conditioning, its noisy residual, the sampler's state, the tile-blending accumulators and
 the running mean and std (``DIFFUSION_BYTES_PER_PIXEL``). Measured with
 ``scripts/bench_pipeline.py``: 1024x1024 -> 4096x4096 through two stages peaked at 6.20 GiB
-RSS, 333 B per output pixel beyond ``WORKING_BYTES``; 384 leaves a margin.
+RSS, 333 B per output pixel beyond ``WORKING_BYTES``; 384 leaves a margin, which also holds
+the 8-bit sample copies ``cascade upscale`` keeps for its quantile map (3 N bytes per pixel,
+at most 384 MB in all: ``cascade.upscale.QUANTILE_PIXELS``) for N <= 16.
 """
 
 from __future__ import annotations
