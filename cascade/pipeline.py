@@ -539,6 +539,9 @@ class CascadePipeline:
         in_hw = (lr.shape[-2], lr.shape[-1])
         out_hw = target_size(in_hw, scale, size)
         plan = self.plan(in_hw, out_hw, cfg.stages, cfg)
+        from cascade.memory import check_output_size
+
+        check_output_size(in_hw, out_hw, diffusion=plan.stochastic)  # before allocating it
         n = int(cfg.num_samples)
         timings: dict[str, float] = {}
         t_all = time.perf_counter()

@@ -643,3 +643,14 @@ def test_update_config_changes_a_stage_default_and_keeps_the_weights(folder, tmp
     with pytest.raises(ConfigError, match="sampling.temperature=0.8"):
         update_config(stage_dir, ["sampling.temprature=0.8"])
     assert sorted(p.name for p in stage_dir.parent.iterdir()) == ["lainr", "sr3_x2"]
+
+
+def test_the_python_api_refuses_an_output_over_the_memory_budget(folder, monkeypatch):
+    from cascade import memory
+    from cascade.errors import ScaleError
+
+    pipe = CascadePipeline.from_pretrained(folder)
+    monkeypatch.setattr(memory, "available_bytes",
+                        lambda: int((memory.WORKING_BYTES + 1e6) / memory.USABLE_FRACTION))
+    with pytest.raises(ScaleError, match="exceeds the memory budget"):
+        pipe(torch.rand(3, 40, 40), scale=8, steps=1)
