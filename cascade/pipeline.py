@@ -106,6 +106,11 @@ class PipelineConfig:
     temperature: Optional[float] = None
     aug_level: Optional[float] = None
     projection: Optional[float] = None
+    # Highest temperature of a diffusion stage whose sample feeds another diffusion stage
+    # (the first of the two x2 stages at x4): its invented texture is the next stage's
+    # conditioning and gets amplified, so it samples cooler (docs/pipeline.md, "Sampling
+    # temperature"). None: no cap; an explicit ``temperature`` sets every stage.
+    chain_temperature: Optional[float] = 0.9
     output: str = "mean"  # what NAME_x{S}.png holds: mean (of the N samples) | sample (the 1st)
     tiling: TileConfig = field(default_factory=TileConfig)
     lainr_chunk: int = 65536  # LAINR queries decoded at once
@@ -160,6 +165,9 @@ def check_settings(cfg: PipelineConfig) -> None:
         raise ConfigError("lainr_chunk, max_batch and batch_megapixels must be positive")
     if not 0 <= int(cfg.seed) < 2**32:
         raise ConfigError(f"--seed {cfg.seed} is outside [0, 2^32); use e.g. 0")
+    if cfg.chain_temperature is not None and not float(cfg.chain_temperature) >= 0:
+        raise ConfigError(f"chain_temperature={cfg.chain_temperature} must be >= 0 (or null: "
+                          "each stage's own default)")
     if not float(cfg.std_floor) > 0:
         raise ConfigError(f"std_floor={cfg.std_floor} must be > 0 (e.g. 0.002, half a grey "
                           "level): pixels where all samples agree would get infinite scores")
@@ -168,6 +176,23 @@ def check_settings(cfg: PipelineConfig) -> None:
             or int(t.norm_tiles) == 1:
         raise ConfigError(f"tiling {asdict(t)}: tile is -1, 0 (auto) or a side in pixels, "
                           "overlap >= 0, batch >= 1, norm_tiles 0 (all) or >= 2")
+
+
+def stage_knobs(cfg: PipelineConfig, stages: Sequence[Any]) -> list[Any]:
+    """The sampler settings each stage of a chain runs with: the settings ``cfg`` gives,
+    else the stage's own defaults; a stage that feeds another samples at most at
+    ``cfg.chain_temperature`` unless ``cfg.temperature`` is set."""
+    from dataclasses import replace
+
+    knobs = {k: getattr(cfg, k) for k in KNOBS}
+    out = []
+    for j, stage in enumerate(stages):
+        k = stage.knobs(**knobs)
+        if cfg.temperature is None and cfg.chain_temperature is not None \
+                and j < len(stages) - 1:
+            k = replace(k, temperature=min(k.temperature, float(cfg.chain_temperature)))
+        out.append(k)
+    return out
 
 
 def stages_needed(spec: str) -> int | None:
@@ -577,9 +602,8 @@ class CascadePipeline:
         H, W = plan.out_size
         n = int(cfg.num_samples)
         by_name = {d.name: d.stage for d in self.diffusion}
-        knobs = {k: getattr(cfg, k) for k in KNOBS}
         stages = [(step, by_name[step.stage]) for step in plan.diffusion]
-        resolved = [stage.knobs(**knobs) for _, stage in stages]  # checks the knobs
+        resolved = stage_knobs(cfg, [stage for _, stage in stages])  # checks the knobs
         rows = rows_per_batch(cfg, H, W)
         denoisers = [self._denoiser(stage, cfg.tiling, progress=progress and step.tiles > 8,
                                     rows=min(rows, n)) for step, stage in stages]

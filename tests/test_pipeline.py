@@ -568,10 +568,22 @@ def test_run_settings_record_every_stages_knobs(folder, tmp_path):
                                         f"conditioning.checkpoint={two / 'lainr'}",
                                         "sampling.aug_level=0.03"])
     save_checkpoint(two / "sr3_x2_b", ConditionalUNet(**TINY_UNET).state_dict(), scfg, "sr3")
-    out = CascadePipeline.from_pretrained(two)(torch.rand(3, 6, 6), scale=4, steps=2)
-    per = out.settings["stage_settings"]
+    pipe = CascadePipeline.from_pretrained(two)
+    lr = torch.rand(3, 6, 6)
+    per = pipe(lr, scale=4, steps=2).settings["stage_settings"]
     assert per["sr3_x2"]["aug_level"] == 0.01 and per["sr3_x2_b"]["aug_level"] == 0.03
     assert per["sr3_x2_b"]["steps"] == 2
+    # the stage that feeds another samples at chain_temperature, the last at its own
+    assert per["sr3_x2"]["temperature"] == 0.9 and per["sr3_x2_b"]["temperature"] == 1.0
+    per = pipe(lr, scale=4, steps=2, temperature=0.7).settings["stage_settings"]
+    assert per["sr3_x2"]["temperature"] == per["sr3_x2_b"]["temperature"] == 0.7
+    per = pipe(lr, scale=4, steps=2, chain_temperature=1.0).settings["stage_settings"]
+    assert per["sr3_x2"]["temperature"] == 1.0  # a cap above the stage's own changes nothing
+    per = pipe(lr, scale=2, steps=2).settings["stage_settings"]  # one stage: not a chain
+    assert per == {"sr3_x2": {**per["sr3_x2"], "temperature": 1.0}}
+    a = pipe(lr, scale=4, steps=2, chain_temperature=0.5).first
+    b = pipe(lr, scale=4, steps=2, chain_temperature=1.0).first
+    assert float((a - b).abs().max()) > 1e-4  # it reaches the sampler
 
 
 def test_uncertainty_report_script_on_an_upscale_run(folder, tmp_path, capsys, monkeypatch):

@@ -182,11 +182,14 @@ class CascadeMethod(Method):
         self.pipe.config.stages = spec
         # Each stage fills unset knobs with its own defaults (the second stage samples at a
         # higher aug_level): one value when the stages agree, else one per stage, in order.
+        # (A stage that feeds another samples at chain_temperature, recorded beside them.)
         per_stage = [vars(d.stage.knobs(**knobs)) for d in used]
         resolved = {k: (per_stage[0][k] if all(p[k] == per_stage[0][k] for p in per_stage)
                         else [p[k] for p in per_stage]) for k in (per_stage[0] if used else {})}
         settings: dict[str, Any] = {"pipeline": str(pipeline), "stages": spec,
                                     "diffusion": [d.name for d in used], **resolved,
+                                    "chain_temperature": (None if temperature is not None
+                                                          else self.pipe.config.chain_temperature),
                                     "num_samples": int(num_samples), "seed": int(seed),
                                     "output": output}
         if checkpoint is not None:
