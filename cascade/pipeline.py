@@ -109,7 +109,7 @@ class PipelineConfig:
     # Highest temperature of a diffusion stage whose sample feeds another diffusion stage
     # (the first of the two x2 stages at x4): its invented texture is the next stage's
     # conditioning and gets amplified, so it samples cooler (docs/pipeline.md, "Sampling
-    # temperature"). None: no cap; an explicit ``temperature`` sets every stage.
+    # temperatures of the chain"). None: no cap; an explicit ``temperature`` sets every stage.
     chain_temperature: Optional[float] = 0.9
     output: str = "mean"  # what NAME_x{S}.png holds: mean (of the N samples) | sample (the 1st)
     tiling: TileConfig = field(default_factory=TileConfig)
