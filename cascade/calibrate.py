@@ -1,7 +1,7 @@
 """``cascade calibrate``: fit and check the conformal factor of the uncertainty intervals.
 
-The images of a dataset are split in two interleaved halves (sorted, even positions fit,
-odd positions test). Each image is degraded by D at the scale, upscaled by the pipeline with
+The images of a dataset are split in two interleaved halves (sorted; even positions fit,
+odd positions test, or the other way round with ``fit="odd"``). Each image is degraded by D at the scale, upscaled by the pipeline with
 N samples (mean, std), and every pixel and channel of the *fit* half gives a score
 ``|y - mean| / max(std, floor)``; the factor is their split-conformal quantile
 (``cascade.uncertainty.conformal_factor``). On the *test* half the report gives the coverage
@@ -41,8 +41,9 @@ def _centre_crop(img: torch.Tensor, crop: int) -> torch.Tensor:
 def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop: int = 0,
               max_images: int = 0, out: str | None = None, save: bool = True,
               device: str = "cpu", config: str | None = None, overrides: Sequence[str] = (),
-              **settings: Any) -> dict[str, Any]:
-    """Fit on half of ``data``, test on the other half; returns the calibration entry."""
+              fit: str = "even", **settings: Any) -> dict[str, Any]:
+    """Fit on half of ``data`` (the images at even positions, or odd with ``fit="odd"``),
+    test on the other half; returns the calibration entry."""
     from cascade.data.datasets import resolve_dataset
     from cascade.data.degrade import check_scale, degrade
     from cascade.evaluation.run import resolve_device
@@ -60,6 +61,9 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
     from cascade.upscale import pipeline_settings
 
     s = check_scale(scale)
+    if fit not in ("even", "odd"):
+        raise ConfigError(f"fit={fit!r}; use even or odd")
+    parity = 0 if fit == "even" else 1
     settings.setdefault("num_samples", 8)
     cfg = pipeline_settings(config, overrides, **settings)
     if cfg.num_samples < 2:
@@ -81,14 +85,15 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
     for i in tqdm(range(n_img), desc=f"calibrate x{s:g} ({spec}, N={cfg.num_samples})",
                   unit="img", dynamic_ncols=True):
         hr, lr = degrade(_centre_crop(ds[i]["image"], crop)[None], s)  # (1,3,H,W), (1,3,h,w)
-        res = pipe(lr[0], size=tuple(hr.shape[-2:]), keep_samples=i % 2 == 1)
+        fitting = i % 2 == parity
+        res = pipe(lr[0], size=tuple(hr.shape[-2:]), keep_samples=not fitting)
         if not res.plan.stochastic:
             raise ConfigError(f"--stages {spec} at x{s:g} runs no diffusion stage "
                               f"({res.plan.describe()}): nothing to calibrate; use a scale "
                               ">= 2 and --stages inr+1 or auto")
         plan_summary = plan_summary or res.plan.describe()
         y = hr[0].cpu()
-        if i % 2 == 0:
+        if fitting:
             fit_scores.append(normalized_scores(res.mean, res.std, y, cfg.std_floor).reshape(-1))
         else:
             lo_q, hi_q = quantile_interval(res.samples, cfg.alpha)
@@ -112,7 +117,8 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
         "stage_settings": knobs.get("stage_settings"),  # every stage's sampler knobs
         "seed": int(cfg.seed), "alpha": float(cfg.alpha), "factor": factor,
         "std_floor": float(cfg.std_floor), "data": str(data), "crop": int(crop),
-        "fit_images": len(fit_scores), "test_images": len(test), "plan": plan_summary,
+        "fit_images": len(fit_scores), "test_images": len(test), "fit_half": fit,
+        "plan": plan_summary,
         "pipeline": pipe.describe(), "weights": pipe.fingerprint(),
         "seconds": round(time.perf_counter() - t0, 1),
         "test": {

@@ -225,6 +225,9 @@ def _add_calibrate(sub) -> None:
                    help="calibrate on centre crops of this many HR pixels (faster; 0 = whole)")
     p.add_argument("--max-images", dest="max_images", type=int, default=0,
                    help="use the first N images only (0 = all)")
+    p.add_argument("--fit", choices=("even", "odd"), default="even",
+                   help="which interleaved half of the images fits the factor (default even; "
+                   "odd swaps the halves, to see how much coverage depends on the split)")
     p.add_argument("--out", help="also write the report (JSON) into this folder")
     p.add_argument("--no-save", dest="no_save", action="store_true",
                    help="report only; leave the pipeline's calibration.json as it is")
@@ -238,6 +241,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     report = calibrate(args.data, args.scale, pipeline=args.pipeline, crop=args.crop,
                        max_images=args.max_images, out=args.out, save=not args.no_save,
+                       fit=args.fit,
                        device=args.device, overrides=args.overrides,
                        **_given(args, ["stages", *SAMPLING_FLAGS, "alpha"]))
     print(format_report(report))

@@ -400,6 +400,13 @@ def test_calibrate_cli_fits_reports_and_saves(folder, tmp_path, capsys):
     assert entry["factor"] > 0 and 0 <= entry["test"]["coverage"] <= 1
     assert (tmp_path / "rep" / "calibration_x2.json").is_file()
     assert CascadePipeline.from_pretrained(ck).calibration[0]["factor"] == entry["factor"]
+    # --fit odd swaps the halves: another factor, not saved with --no-save
+    assert main(["calibrate", "--data", str(tmp_path / "data"), "--scale", "2", "--samples",
+                 "3", "--steps", "2", "--pipeline", str(ck), "--alpha", "0.2", "--fit", "odd",
+                 "--no-save", "--out", str(tmp_path / "rep_odd")]) == 0
+    odd = json.loads((tmp_path / "rep_odd" / "calibration_x2.json").read_text())
+    assert odd["fit_half"] == "odd" and odd["factor"] != entry["factor"]
+    assert json.loads((ck / "calibration.json").read_text())["entries"] == [entry]
     assert main(["calibrate", "--data", str(tmp_path / "data"), "--scale", "2", "--samples",
                  "1", "--pipeline", str(ck)]) == 2
     assert "2 or more samples" in capsys.readouterr().err
