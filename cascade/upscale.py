@@ -189,7 +189,7 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
     """Run one image through the pipeline and write its files; returns its run.json record."""
     from dataclasses import asdict
 
-    from cascade.data.io import save_image
+    from cascade.data.io import save_image, to_uint8
     from cascade.pipeline import make_plan
 
     dest = out_dir / f"{name}.png"
@@ -219,7 +219,7 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
     def writer(i: int, x: torch.Tensor) -> None:
         save_image(x, sample_dir / f"sample_{i:02d}.png")
         if kept is not None:
-            kept.append(to_uint8(x))
+            kept.append(torch.from_numpy(to_uint8(x)))  # (H, W, 3): what the PNG holds
 
     if streamed:
         record["samples"] = str(final_samples)
@@ -260,23 +260,18 @@ def _replace_folder(new: Path | None, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) in [0, 1] -> uint8, as the PNG writer quantises it."""
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def quantile_width(samples: list[torch.Tensor], alpha: float, rows: int = 128) -> torch.Tensor:
     """Width of the empirical ``[alpha/2, 1 - alpha/2]`` interval over uint8 samples
-    (each (3, H, W)), in [0, 1] units, mean of R, G, B: (H, W). Computed in bands of
-    ``rows`` rows so the float copy stays small."""
+    (each (H, W, 3), as ``cascade.data.io.to_uint8`` gives them), in [0, 1] units, mean of
+    R, G, B: (H, W). Computed in bands of ``rows`` rows so the float copy stays small."""
     from cascade.uncertainty import quantile_interval
 
-    H = samples[0].shape[-2]
+    H = samples[0].shape[0]
     out = []
     for top in range(0, H, rows):
-        band = torch.stack([s[:, top:top + rows] for s in samples]).float() / 255
-        lo, hi = quantile_interval(band, alpha)  # (3, rows, W) each
-        out.append((hi - lo).mean(0))
+        band = torch.stack([s[top:top + rows] for s in samples]).float() / 255
+        lo, hi = quantile_interval(band, alpha)  # (rows, W, 3) each
+        out.append((hi - lo).mean(-1))
     return torch.cat(out)
 
 

@@ -348,10 +348,12 @@ def test_upscale_cli_writes_samples_std_map_and_run_json(folder, tmp_path, capsy
 
 def test_quantile_width_in_bands_matches_the_whole_image_quantiles(monkeypatch):
     import cascade.upscale as up
+    from cascade.data.io import to_uint8
 
     g = torch.Generator().manual_seed(3)
-    samples = [up.to_uint8(torch.rand(3, 37, 11, generator=g)) for _ in range(5)]
-    whole = torch.stack(samples).float() / 255
+    samples = [torch.from_numpy(to_uint8(torch.rand(3, 37, 11, generator=g)))
+               for _ in range(5)]  # (37, 11, 3) each
+    whole = torch.stack(samples).permute(0, 3, 1, 2).float() / 255  # (5, 3, 37, 11)
     lo, hi = torch.quantile(whole, torch.tensor([0.1, 0.9]), dim=0)
     torch.testing.assert_close(up.quantile_width(samples, 0.2, rows=8), (hi - lo).mean(0))
 
