@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,33 @@ def fsync_tree(root: str | os.PathLike) -> None:
             with open(os.path.join(folder, name), "rb") as f:
                 os.fsync(f.fileno())
         fsync_dir(folder)
+
+
+def replace_dir(new: str | os.PathLike | None, dest: str | os.PathLike) -> None:
+    """Put the finished folder ``new`` at ``dest`` (None: just remove ``dest``): fsync it,
+    move the folder it replaces aside to ``.DEST.old``, rename ``new`` into place, fsync the
+    parent, delete the old one. A reader sees the old folder or the new one; a crash between
+    the two renames leaves ``.DEST.old``, which ``recover_dir`` puts back."""
+    dest = Path(dest)
+    old = dest.with_name(f".{dest.name}.old")
+    if new is not None:
+        fsync_tree(new)
+    if dest.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dest, old)
+    if new is not None:
+        os.replace(new, dest)
+    fsync_dir(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(dest: str | os.PathLike) -> None:
+    """Undo a ``replace_dir`` cut off between its two renames: ``.DEST.old`` back to ``DEST``."""
+    dest = Path(dest)
+    old = dest.with_name(f".{dest.name}.old")
+    if old.exists() and not dest.exists():
+        os.replace(old, dest)
 
 
 def writable_dir(path: str | os.PathLike, hint: str = "choose a writable output folder") -> Path:

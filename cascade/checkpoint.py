@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cascade.atomic import atomic_write_text, fsync_dir, fsync_tree
+from cascade.atomic import atomic_write_text, replace_dir
 from cascade.errors import CheckpointError
 
 FORMAT = "cascade-checkpoint-v1"
@@ -77,16 +77,7 @@ def save_checkpoint(
             "sha256": sha256_file(tmp / "model.safetensors"),
             "config_sha256": sha256_file(tmp / "config.yaml")}
     atomic_write_text(tmp / "checkpoint.json", json.dumps(meta, indent=2) + "\n")
-    fsync_tree(tmp)
-    old = folder.with_name(f".{folder.name}.old")
-    if folder.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    fsync_dir(folder.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_dir(tmp, folder)
     return folder
 
 

@@ -432,16 +432,14 @@ class CascadePipeline:
         (copied), the LAINR checkpoints their conditioning uses, ``calibration.json``.
         Written under a temporary name and renamed into place (the folder it replaces is
         moved aside first and put back by the next save if a crash came in between)."""
-        from cascade.atomic import fsync_dir, fsync_tree
+        from cascade.atomic import recover_dir, replace_dir
 
         if self.lainr_source is None or any(d.source is None for d in self.diffusion):
             raise CascadeError("this pipeline was built from in-memory models; build it from "
                                "checkpoint folders (from_pretrained) to save it")
         dest = Path(path)
         tmp = dest.with_name(f".{dest.name}.tmp")
-        old = dest.with_name(f".{dest.name}.old")
-        if old.exists() and not dest.exists():  # a save cut off between its two renames
-            old.rename(dest)
+        recover_dir(dest)  # a save cut off between its two renames
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -450,15 +448,7 @@ class CascadePipeline:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        fsync_tree(tmp)
-        if dest.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            dest.rename(old)
-        tmp.rename(dest)
-        fsync_dir(dest.parent)
-        if old.exists():
-            shutil.rmtree(old)
+        replace_dir(tmp, dest)
         return dest
 
     def _write_folder(self, tmp: Path) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cascade.atomic import atomic_write_text, writable_dir
+from cascade.atomic import atomic_write_text, replace_dir, writable_dir
 from cascade.data.sources import expand_inputs
 from cascade.errors import CascadeError
 from cascade.memory import budget_megapixels, check_output_size
@@ -230,7 +230,7 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
         shutil.rmtree(sample_dir, ignore_errors=True)
         raise
     save_image(result.image, dest)
-    _replace_folder(sample_dir if streamed else None, final_samples)
+    replace_dir(sample_dir if streamed else None, final_samples)
     if not streamed:  # maps an earlier run into this folder made and this one does not
         for stale in ("std", "interval"):
             (out_dir / f"{name}_{stale}.png").unlink(missing_ok=True)
@@ -247,17 +247,6 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
                    "timings": {k: round(v, 3) for k, v in result.timings.items()},
                    "settings": result.settings})
     return record
-
-
-def _replace_folder(new: Path | None, dest: Path) -> None:
-    """Put folder ``new`` at ``dest`` (None: just remove ``dest``), replacing what was there."""
-    old = dest.with_name(f".{dest.name}.old")
-    if dest.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        dest.rename(old)
-    if new is not None:
-        new.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def quantile_width(samples: list[torch.Tensor], alpha: float, rows: int = 128) -> torch.Tensor:
