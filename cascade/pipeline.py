@@ -540,13 +540,15 @@ class CascadePipeline:
                  projection: float | None = None, seed: int | None = None,
                  stages: str | None = None, progress: bool = False, keep_samples: bool = True,
                  on_sample: Callable[[int, Tensor], None] | None = None,
-                 **settings: Any) -> CascadeOutput:
+                 max_megapixels: float | None = None, **settings: Any) -> CascadeOutput:
         """Upscale ``image`` ((3, h, w) or (1, 3, h, w) in [0, 1], or an image file) by
         ``scale`` or to ``size`` (H, W): N samples, their mean and std, and the plan.
 
         ``settings``: any other ``PipelineConfig`` field (``output``, ``tiling``, ...).
         ``on_sample(i, x)`` gets each sample (3, H, W) as it finishes; ``keep_samples=False``
         keeps only mean, std and sample 0 (bounded memory for large N and outputs).
+        An output over the memory budget (``max_megapixels``, default: what fits in the
+        memory available, ``cascade.memory``) is refused before anything is allocated.
         """
         cfg = merge_settings(self.config, num_samples=num_samples, steps=steps, sampler=sampler,
                              projection=projection, seed=seed, stages=stages, **settings)
@@ -556,7 +558,7 @@ class CascadePipeline:
         plan = self.plan(in_hw, out_hw, cfg.stages, cfg)
         from cascade.memory import check_output_size
 
-        check_output_size(in_hw, out_hw, diffusion=plan.stochastic)  # before allocating it
+        check_output_size(in_hw, out_hw, max_megapixels, diffusion=plan.stochastic)
         n = int(cfg.num_samples)
         timings: dict[str, float] = {}
         t_all = time.perf_counter()

@@ -121,16 +121,6 @@ def _load_pipeline(cfg: PipelineConfig, checkpoint: str | None, pipeline: str,
     return pipe.to(dev)
 
 
-def _uses_diffusion(pipe, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
-    """Whether the plan for this image runs a diffusion stage (without counting its tiles)."""
-    from cascade.pipeline import make_plan
-
-    if pipe is None:
-        return False
-    spec, diffusion = pipe.resolve_stages()
-    return bool(make_plan(in_hw, out_hw, [d.name for d in diffusion], spec).diffusion)
-
-
 def _run(files: list[Path], failures: list[str], s: float | None,
          wanted: tuple[int, int] | None, cfg: PipelineConfig, checkpoint: str | None,
          pipeline: str, out_dir: Path, device: str, max_megapixels: float | None) -> None:
@@ -157,12 +147,13 @@ def _run(files: list[Path], failures: list[str], s: float | None,
                 img = load_image(path)
                 in_hw = tuple(img.shape[-2:])
                 H, W = target_size(in_hw, s, wanted)
-                check_output_size(in_hw, (H, W), max_megapixels, dense=cfg.stages == "bicubic",
-                                  diffusion=_uses_diffusion(pipe, in_hw, (H, W)))
+                if pipe is None:  # the pipeline checks its own runs (diffusion or not)
+                    check_output_size(in_hw, (H, W), max_megapixels, dense=True)
                 tag = f"x{format_scale(s)}" if s is not None else f"{W}x{H}"
                 name = f"{path.stem}_{tag}"  # NAME_x2.5 or NAME_640x480
                 t0 = time.perf_counter()
-                record = _upscale_one(pipe, cfg, img, (H, W), out_dir, name, dev)
+                record = _upscale_one(pipe, cfg, img, (H, W), out_dir, name, dev,
+                                      max_megapixels)
                 seconds = time.perf_counter() - t0
             except CascadeError as e:
                 if single:
@@ -185,7 +176,8 @@ def _run(files: list[Path], failures: list[str], s: float | None,
 
 
 def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int, int],
-                 out_dir: Path, name: str, dev: torch.device) -> dict[str, Any]:
+                 out_dir: Path, name: str, dev: torch.device,
+                 max_megapixels: float | None = None) -> dict[str, Any]:
     """Run one image through the pipeline and write its files; returns its run.json record."""
     from dataclasses import asdict
 
@@ -224,7 +216,7 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
     if streamed:
         record["samples"] = str(final_samples)
     try:
-        result = pipe(img, size=out_hw, keep_samples=False,
+        result = pipe(img, size=out_hw, keep_samples=False, max_megapixels=max_megapixels,
                       on_sample=writer if streamed else None, progress=True)
     except BaseException:
         shutil.rmtree(sample_dir, ignore_errors=True)

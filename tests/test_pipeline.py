@@ -675,3 +675,18 @@ def test_the_python_api_refuses_an_output_over_the_memory_budget(folder, monkeyp
                         lambda: int((memory.WORKING_BYTES + 1e6) / memory.USABLE_FRACTION))
     with pytest.raises(ScaleError, match="exceeds the memory budget"):
         pipe(torch.rand(3, 40, 40), scale=8, steps=1)
+
+
+def test_max_megapixels_overrides_the_memory_budget_through_the_whole_run(folder, tmp_path,
+                                                                          monkeypatch):
+    """--max-megapixels is the budget, also inside the pipeline: with almost no memory
+    reported free, a run that the flag allows is made, one that it does not is refused."""
+    from cascade import memory
+    from cascade.data.io import save_image
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: memory.WORKING_BYTES)
+    img = tmp_path / "in.png"
+    save_image(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)), img)
+    args = ["upscale", str(img), "--scale", "2", "--pipeline", str(folder), "--steps", "1"]
+    assert main([*args, "--max-megapixels", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--max-megapixels", "0.0001", "--out", str(tmp_path / "b")]) == 2
