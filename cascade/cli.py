@@ -300,10 +300,51 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- data -----------------------------------------------------------------------------------
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="prepare training data (the photo corpus)")
+    dsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    s = dsub.add_parser(
+        "photos", help="the photo corpus from Debian's wallpaper packages, or your own folder",
+        description="Fetch the photographs listed in cascade/data/photos.json from Debian's "
+                    "wallpaper packages (apt-get download), check their sha256, downscale them "
+                    "and cut HR sub-images as for DIV2K: OUT/train (sub-images), OUT/val "
+                    "(held-out photos, never trained on), OUT/unseen, OUT/saturated, "
+                    "OUT/colour (the generalization sets). Idempotent and resumable.")
+    s.add_argument("--out", default="data/photos", help="output folder (default data/photos; "
+                                                        "datasets photos:SPLIT read it)")
+    s.add_argument("--from", dest="source", help="prepare this folder of images instead "
+                                                 "(DIV2K / Flickr2K layout)")
+    s.add_argument("--val", type=_csv, default=[], help="with --from: names (file stems) to "
+                                                        "hold out")
+    s.add_argument("--max-side", dest="max_side", type=int, default=1280,
+                   help="downscale originals to this longer side first (0: keep; default 1280)")
+    s.add_argument("--sub-size", dest="sub_size", type=int, default=480,
+                   help="sub-image side (default 480)")
+    s.add_argument("--stride", type=int, default=480, help="sub-image stride (default 480)")
+    s.set_defaults(run=_run_data_photos)
+
+
+def _run_data_photos(args: argparse.Namespace) -> int:
+    from cascade.data.photos import PhotosConfig, prepare
+
+    cfg = PhotosConfig(out=args.out, source=args.source, val=args.val, max_side=args.max_side,
+                       sub_size=args.sub_size, stride=args.stride)
+    rec = prepare(cfg)
+    done = rec["done"].values()
+    n = {sp: sum(1 for d in done if d["split"] == sp) for sp in ("train", "val")}
+    subs = sum(d["files"] for d in done if d["split"] == "train")
+    print(f"photos: {n['train']} training photos -> {subs} sub-images in {args.out}/train, "
+          f"{n['val']} held out in {args.out}/val ({rec['made']} prepared now, "
+          f"{len(rec['done']) - rec['made']} already there)")
+    return 0
+
+
 # -- main -----------------------------------------------------------------------------------
 
 SUBCOMMANDS: list[Callable] = [_add_evaluate, _add_leaderboard, _add_train, _add_upscale,
-                               _add_calibrate, _add_diagnose, _add_compare]
+                               _add_calibrate, _add_diagnose, _add_compare, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from cascade.data.degrade import check_scale
 from cascade.diffusion.tiling import TileConfig
 from cascade.errors import CascadeError, CheckpointError, ConfigError, ScaleError
+from cascade.inr.model import DECODE_CHUNK
 
 __all__ = ["CascadeOutput", "CascadePipeline", "Plan", "PlanStep", "PipelineConfig",
            "check_scale", "make_plan", "parse_size", "target_size"]
@@ -113,7 +114,7 @@ class PipelineConfig:
     chain_temperature: Optional[float] = 0.9
     output: str = "mean"  # what NAME_x{S}.png holds: mean (of the N samples) | sample (the 1st)
     tiling: TileConfig = field(default_factory=TileConfig)
-    lainr_chunk: int = 65536  # LAINR queries decoded at once
+    lainr_chunk: int = DECODE_CHUNK  # LAINR queries decoded at once
     max_batch: int = 8  # samples drawn together ...
     batch_megapixels: float = 0.5  # ... as long as samples x output pixels stay below this
     alpha: float = 0.1  # intervals cover with probability >= 1 - alpha (cascade calibrate)
@@ -740,7 +741,7 @@ def lattice_coords(count: tuple[int, int], virtual: tuple[float, float], device=
 
 @torch.no_grad()
 def lainr_resample(model, lr: Tensor, count: tuple[int, int], virtual: tuple[float, float],
-                   chunk: int = 65536, progress: bool = False) -> Tensor:
+                   chunk: int = DECODE_CHUNK, progress: bool = False) -> Tensor:
     """LAINR at the pixel centres of ``lattice_coords(count, virtual)``: (B, 3, *count).
     Encodes once and decodes ``chunk`` queries at a time (bounded memory)."""
     latents = model.encode(lr)
@@ -765,7 +766,7 @@ def _condition(stage, x: Tensor, size: tuple[int, int], progress: bool) -> Tenso
     model = getattr(up, "model", None)
     if model is None or not hasattr(model, "decode"):
         return up(x, size)
-    return lainr_resample(model, x, size, size, getattr(up, "chunk", 65536), progress)
+    return lainr_resample(model, x, size, size, getattr(up, "chunk", DECODE_CHUNK), progress)
 
 
 def rows_per_batch(cfg: PipelineConfig, H: int, W: int) -> int:

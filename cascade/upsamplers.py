@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from cascade.inr.model import DECODE_CHUNK
 from cascade.registry import Registry
 
 UPSAMPLERS: Registry = Registry("conditioning upsampler")
@@ -45,7 +46,7 @@ class BicubicUpsampler:
 class LAINRUpsampler:
     """A trained LAINR stage, frozen (eval mode, no gradients), queried in chunks."""
 
-    def __init__(self, checkpoint: str = "checkpoints/lainr", chunk: int = 65536) -> None:
+    def __init__(self, checkpoint: str = "checkpoints/lainr", chunk: int = DECODE_CHUNK) -> None:
         from cascade.inr.pretrained import load_lainr
 
         self.spec = {"name": "lainr", "args": {"checkpoint": str(checkpoint)}}

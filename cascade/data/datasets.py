@@ -56,6 +56,8 @@ BUILTIN_SPLITS = {
               "moon", "coins"),
 }
 STANDARD_SETS = {"set5": "Set5", "set14": "Set14", "bsd68": "BSD68"}
+# photos:SPLIT -> the folder of the prepared corpus (cascade data photos) it reads
+PHOTO_SPLITS = ("train", "val", "unseen", "saturated", "colour")
 
 
 def _package_data_dir(package: str) -> Path:
@@ -98,6 +100,24 @@ def data_root() -> Path:
     return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
 
 
+def photos_root() -> Path:
+    """The prepared photo corpus: $CASCADE_PHOTOS, else data/photos in the repository."""
+    env = os.environ.get("CASCADE_PHOTOS")
+    return Path(env).expanduser() if env else REPO_ROOT / "data" / "photos"
+
+
+def photos_folder(split: str) -> Path:
+    """``photos:SPLIT`` (train, val, unseen, saturated, colour) as a folder, checked."""
+    split = split or "train"
+    if split not in PHOTO_SPLITS:
+        raise CascadeError(f"unknown split photos:{split}; use one of {', '.join(PHOTO_SPLITS)}")
+    folder = photos_root() / split
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise CascadeError(f"photos:{split} not found at {folder}; run 'cascade data photos' "
+                           "(or set CASCADE_PHOTOS to the folder it prepared)")
+    return folder
+
+
 class ImageFolder:
     """Images as a dataset: ``ds[i] -> {"image": (3, H, W) float32, "name": str}``.
 
@@ -134,13 +154,18 @@ class ImageFolder:
 
 
 def resolve_dataset(name: str, split: str = "test") -> ImageFolder:
-    """A dataset by name (builtin, builtin:train, set5, set14, bsd68) or by path/glob."""
+    """A dataset by name (builtin, builtin:train, photos, photos:val, set5, set14, bsd68) or
+    by path/glob. Without a ``:split``, ``builtin`` and ``photos`` take ``split`` ('test' ->
+    photos:val)."""
     key, _, sub = str(name).partition(":")
     if key == "builtin":
         split = sub or split
         photos = builtin_photos(split)
         return ImageFolder([p for _, p in photos], "builtin" if split == "test"
                            else f"builtin:{split}", [n for n, _ in photos])
+    if key == "photos" and not Path(name).exists():
+        split = sub or ("train" if split == "train" else "val")
+        return ImageFolder.from_path(photos_folder(split), f"photos:{split}")
     if key.lower() in STANDARD_SETS and not Path(name).exists():
         folder = data_root() / STANDARD_SETS[key.lower()]
         if not folder.is_dir():

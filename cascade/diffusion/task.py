@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from cascade.config import TrainLoopConfig
+from cascade.data.augment import ColourAugConfig, apply_colour, colour_active, draw_colour_matrix
 from cascade.data.datasets import apply_flips
 from cascade.diffusion.objective import ObjectiveConfig, diffusion_loss, draw_noise_and_levels
 from cascade.diffusion.process import ProcessConfig, make_train_scheduler
@@ -47,6 +48,7 @@ class SR3DataConfig:
     scale: float = 2.0  # the stage's factor (an integer)
     hr_patch: int = 64  # HR crop side (a multiple of scale * the UNet's down-sampling)
     cache: bool = True  # keep (hr, lr, cond) of the training photos in OUT/conditioning.safetensors
+    colour: ColourAugConfig = field(default_factory=ColourAugConfig)  # off by default
     val: list[str] = field(default_factory=lambda: ["builtin"])
     val_split: str = "test"
     val_crop: int = 128  # centre crops of this HR side
@@ -150,7 +152,10 @@ class SR3Task:
         return ConditionalUNet(**OmegaConf.to_container(self.cfg.model, resolve=True))
 
     def sample_crops(self, batch_size: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """Aligned random crops of (hr, lr, cond): flips, and one colour map per crop applied
+        to all three (``data.colour``; drawn only when it is on, so old runs replay)."""
         S, s = self.cfg.data.hr_patch, self.s
+        colour = self.cfg.data.colour
         p = S // s
         crops: dict[str, list[torch.Tensor]] = {"hr": [], "lr": [], "cond": []}
         for _ in range(batch_size):
@@ -159,9 +164,13 @@ class SR3Task:
             i = int(torch.randint(h - p + 1, (), generator=g))
             j = int(torch.randint(w - p + 1, (), generator=g))
             flips = torch.rand(3, generator=g) < 0.5
-            crops["lr"].append(apply_flips(im["lr"][:, i:i + p, j:j + p], flips))
+            crop = {"lr": im["lr"][:, i:i + p, j:j + p]}
             for k in ("hr", "cond"):
-                crops[k].append(apply_flips(im[k][:, i * s:i * s + S, j * s:j * s + S], flips))
+                crop[k] = im[k][:, i * s:i * s + S, j * s:j * s + S]
+            M = draw_colour_matrix(colour, g) if colour_active(colour) else None
+            for k, v in crop.items():
+                v = apply_flips(v, flips)
+                crops[k].append(apply_colour(v, M, clip=k != "cond") if M is not None else v)
         return {k: torch.stack(v) for k, v in crops.items()}
 
     def batch(self, step: int, micro: int, rank: int, device: torch.device) -> dict:

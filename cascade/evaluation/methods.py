@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from cascade.inr.model import DECODE_CHUNK
 from cascade.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -57,7 +58,7 @@ class LAINRMethod(Method):
 
     name = "lainr"
 
-    def __init__(self, checkpoint: str = "checkpoints/lainr", chunk: int = 65536) -> None:
+    def __init__(self, checkpoint: str = "checkpoints/lainr", chunk: int = DECODE_CHUNK) -> None:
         super().__init__(checkpoint=str(checkpoint))
         from cascade.inr.pretrained import load_lainr
 

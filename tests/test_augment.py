@@ -1,0 +1,114 @@
+"""cascade.data.augment: colour maps (permutation, hue rotation, saturation) and their use
+on the diffusion stage's aligned training crops."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cascade.data import augment as A
+from cascade.data.degrade import imresize
+from cascade.data.photos import colour_variants, saturation
+
+
+def test_hue_rotation_is_a_rotation_about_gray():
+    for deg in (0, 37, 90, 200):
+        R = A.hue_rotation_matrix(deg).double()
+        assert torch.allclose(R @ R.T, torch.eye(3, dtype=torch.float64), atol=1e-6)
+        assert math.isclose(float(torch.linalg.det(R)), 1.0, abs_tol=1e-6)
+        assert torch.allclose(R @ torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(A.hue_rotation_matrix(0), torch.eye(3), atol=1e-7)
+
+
+def test_hue_rotation_by_120_cycles_the_channels():
+    # A rotation by 120 degrees about (1,1,1) maps the R axis to G, G to B, B to R.
+    R = A.hue_rotation_matrix(120)
+    assert torch.allclose(R, A.permutation_matrix((2, 0, 1)), atol=1e-6)
+    x = torch.tensor([0.9, 0.2, 0.1])
+    assert torch.allclose(R @ x, torch.tensor([0.1, 0.9, 0.2]), atol=1e-6)
+
+
+def test_permutation_and_saturation_matrices():
+    x = torch.tensor([0.9, 0.2, 0.1])
+    assert torch.equal(A.permutation_matrix((1, 0, 2)) @ x, torch.tensor([0.2, 0.9, 0.1]))
+    g = x.mean()
+    assert torch.allclose(A.saturation_matrix(0.0) @ x, g.expand(3))
+    assert torch.allclose(A.saturation_matrix(1.0) @ x, x)
+    assert torch.allclose(A.saturation_matrix(2.0) @ x, g + 2 * (x - g))
+
+
+def test_colour_map_commutes_with_the_degradation():
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 32, 32, generator=g) * 0.5 + 0.25
+    M = A.hue_rotation_matrix(50) @ A.saturation_matrix(1.2)
+    a = imresize(A.apply_colour(hr, M, clip=False), scale=0.5)
+    b = A.apply_colour(imresize(hr, scale=0.5), M, clip=False)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_apply_colour_clips_unless_told():
+    x = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    y = A.apply_colour(x, A.saturation_matrix(2.0), clip=False)
+    assert float(y.min()) < 0 and float(y.max()) > 1
+    z = A.apply_colour(x, A.saturation_matrix(2.0))
+    assert float(z.min()) == 0 and float(z.max()) == 1
+
+
+def test_draw_colour_matrix_off_on_and_reproducible():
+    off = A.ColourAugConfig()
+    assert not A.colour_active(off) and A.colour_active(A.ColourAugConfig(sat_prob=0.1))
+    assert torch.equal(A.draw_colour_matrix(off, torch.Generator().manual_seed(0)), torch.eye(3))
+    on = A.ColourAugConfig(perm_prob=1.0)
+    Ms = [A.draw_colour_matrix(on, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(not torch.equal(M, torch.eye(3)) for M in Ms)  # never the identity
+    assert all(torch.equal(M.sum(0), torch.ones(3)) for M in Ms)  # permutations
+    assert len({tuple(M.flatten().tolist()) for M in Ms}) == 5
+    # the same number of draws whatever is applied: the stream after it is the same
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    A.draw_colour_matrix(on, g1)
+    A.draw_colour_matrix(A.ColourAugConfig(hue_prob=1.0, sat_prob=1.0), g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
+def test_colour_variants_and_saturation():
+    rng = np.random.default_rng(0)
+    img = rng.random((8, 8, 3)).astype(np.float32)
+    v = colour_variants(img)
+    assert sorted(v) == sorted(["permrbg", "permgrb", "permgbr", "permbrg", "permbgr",
+                                "hue90", "hue180", "hue270"])
+    np.testing.assert_array_equal(v["permbgr"], img[..., ::-1])
+    gray = np.full((2, 2, 3), 0.4, np.float32)
+    np.testing.assert_allclose(colour_variants(gray)["hue90"], gray, atol=1e-6)
+    assert float(saturation(gray).max()) == 0
+    assert saturation(np.array([[[1.0, 0.0, 0.0]]]))[0, 0] == 1
+
+
+def test_sr3_crops_keep_lr_consistent_under_colour():
+    """With colour augmentation the crops stay aligned: LR = D(HR) where nothing clips."""
+    from omegaconf import OmegaConf
+
+    from cascade.config import load_config
+    from cascade.data.degrade import degrade
+    from cascade.diffusion.task import SR3Task, SR3TrainConfig
+
+    cfg = load_config(SR3TrainConfig, None, [
+        "model.block_out_channels=[8,16]", "model.down_block_types=[DownBlock2D,DownBlock2D]",
+        "model.norm_num_groups=4", "data.hr_patch=16", "data.cache=false",
+        "data.colour.hue_prob=1.0", "data.colour.sat_prob=1.0", "data.colour.sat_min=0.5",
+        "data.colour.sat_max=0.9", "conditioning.upsampler=bicubic"])
+    task = SR3Task.__new__(SR3Task)
+    task.cfg, task.s = cfg, 2
+    g = torch.Generator().manual_seed(0)
+    hr = 0.3 + 0.4 * torch.rand(1, 3, 48, 48, generator=g)  # mid-tones: nothing clips
+    hr_c, lr = degrade(hr, 2.0)
+    task.images = [{"hr": hr_c[0], "lr": lr[0], "cond": hr_c[0].clone()}]
+    b = task.sample_crops(4, torch.Generator().manual_seed(1))
+    assert b["hr"].shape == (4, 3, 16, 16) and b["lr"].shape == (4, 3, 8, 8)
+    # the maps change colours ...
+    assert not torch.allclose(b["hr"].mean((2, 3)), hr_c.mean((2, 3)).expand(4, 3), atol=0.01)
+    # ... and keep D(HR) = LR up to the uint8 rounding of the original LR (inside: at the
+    # crop's border D of the crop pads where D of the photo saw its neighbours)
+    d = imresize(b["hr"], size=(8, 8))
+    assert float((d - b["lr"])[..., 2:-2, 2:-2].abs().max()) < 1 / 255
+    assert OmegaConf.to_container(cfg.data.colour)["hue_prob"] == 1.0
