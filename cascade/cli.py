@@ -341,10 +341,39 @@ def _run_data_photos(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- app ------------------------------------------------------------------------------------
+
+def _add_app(sub) -> None:
+    p = sub.add_parser("app", help="a local web page: upload, upscale, compare, see the std map",
+                       description="Serve the cascade as a web page on this machine (needs the "
+                                   "app extra: pip install -e '.[app]'). Offline: no telemetry, "
+                                   "no share link, nothing fetched from outside. One job at a "
+                                   "time; each job's files go to OUT/NNNN_NAME/ (docs/app.md).")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 "
+                        "serves the network)")
+    p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    p.add_argument("--pipeline", default="checkpoints",
+                   help="pipeline or checkpoints folder (default checkpoints)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--out", default="outputs/app", help="where each job's files go")
+    p.add_argument("--max-megapixels", dest="max_megapixels", type=float,
+                   help="largest output allowed (default: what fits in the available memory)")
+    p.set_defaults(run=_run_app)
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    from cascade.app import serve
+
+    serve(args.pipeline, host=args.host, port=args.port, device=args.device, out=args.out,
+          max_megapixels=args.max_megapixels)
+    return 0
+
+
 # -- main -----------------------------------------------------------------------------------
 
 SUBCOMMANDS: list[Callable] = [_add_evaluate, _add_leaderboard, _add_train, _add_upscale,
-                               _add_calibrate, _add_diagnose, _add_compare, _add_data]
+                               _add_calibrate, _add_diagnose, _add_compare, _add_data, _add_app]
 
 
 def build_parser() -> argparse.ArgumentParser:

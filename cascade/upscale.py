@@ -9,9 +9,12 @@ renamed into place when all N are done, replacing an earlier run's) and ``NAME_x
 per-pixel std over the samples, mean of R, G, B, as a heatmap with a colour bar) and
 ``NAME_x{S}_interval.png`` (the width of the samples' empirical ``[alpha/2, 1 - alpha/2]``
 quantile interval, from the written 8-bit samples; skipped, and said in ``run.json``, when
-N x output pixels exceed ``QUANTILE_PIXELS``); ``run.json`` records the plans, the settings,
-the timings, and the mean interval widths (the calibrated one too when ``cascade calibrate``
-has fitted the pipeline for these stages).
+N x output pixels exceed ``QUANTILE_PIXELS``). Those two PNGs are figures (title, colour
+bar); the same maps are also written as data, ``NAME_x{S}_std.tiff`` and
+``NAME_x{S}_interval.tiff``: float32, one channel, H x W like the output, in the 0-1 units
+of the pixel values (``MAP_UNITS``). ``run.json`` records the plans, the settings, the
+timings, the map files and their units, and the mean interval widths (the calibrated one
+too when ``cascade calibrate`` has fitted the pipeline for these stages).
 
 With several inputs, one bad file is reported and skipped and the others are still
 processed (exit status 1); a single input, or a run where every input fails, stops with
@@ -28,7 +31,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,16 @@ from cascade.pipeline import PipelineConfig, check_scale, parse_size, target_siz
 # Quantile maps keep the samples as 8 bits: at most this many sample pixels (N x H x W) are
 # held (3 bytes each: 384 MB), e.g. 8 samples of a 4096 x 4096 output.
 QUANTILE_PIXELS = 128 * 2**20
+
+# What the float32 map files hold (recorded in run.json beside their names).
+MAP_FORMAT = "float32 TIFF, one channel, H x W pixel-aligned with the output"
+MAP_UNITS = {
+    "std": "per-pixel std of the N samples (N - 1 in the denominator), pixel values on the "
+           "0-1 scale, mean of R, G, B (what NAME_std.png draws)",
+    "interval": "width of the samples' empirical [alpha/2, 1 - alpha/2] quantile interval, "
+                "from the 8-bit samples, 0-1 scale, mean of R, G, B (what NAME_interval.png "
+                "draws)",
+}
 
 
 def pipeline_settings(config: str | None = None, overrides: Sequence[str] = (),
@@ -152,8 +165,8 @@ def _run(files: list[Path], failures: list[str], s: float | None,
                 tag = f"x{format_scale(s)}" if s is not None else f"{W}x{H}"
                 name = f"{path.stem}_{tag}"  # NAME_x2.5 or NAME_640x480
                 t0 = time.perf_counter()
-                record = _upscale_one(pipe, cfg, img, (H, W), out_dir, name, dev,
-                                      max_megapixels)
+                record = upscale_one(pipe, cfg, img, (H, W), out_dir, name, dev,
+                                     max_megapixels)
                 seconds = time.perf_counter() - t0
             except CascadeError as e:
                 if single:
@@ -169,16 +182,32 @@ def _run(files: list[Path], failures: list[str], s: float | None,
     if not records:
         raise CascadeError(f"none of the {len(files)} images could be upscaled (see the "
                            "lines above)")
-    run = {"stages": cfg.stages, "settings": settings,
+    write_run_json(out_dir, cfg.stages, settings, pipe, dev, records, failures)
+
+
+def write_run_json(out_dir: Path, stages: str, settings: dict[str, Any], pipe,
+                   dev: torch.device, records: list[dict[str, Any]],
+                   failures: list[str]) -> Path:
+    """Write ``out_dir/run.json``: the resolved stages, the settings, what the pipeline is
+    made of, the device, one record per output (``upscale_one``'s) and the failures."""
+    run = {"stages": stages, "settings": settings,
            "pipeline": pipe.describe() if pipe is not None else {"bicubic": True},
            "device": str(dev), "outputs": records, "failures": failures}
-    atomic_write_text(out_dir / "run.json", json.dumps(run, indent=2) + "\n")
+    dest = out_dir / "run.json"
+    atomic_write_text(dest, json.dumps(run, indent=2) + "\n")
+    return dest
 
 
-def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int, int],
-                 out_dir: Path, name: str, dev: torch.device,
-                 max_megapixels: float | None = None) -> dict[str, Any]:
-    """Run one image through the pipeline and write its files; returns its run.json record."""
+def upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int, int],
+                out_dir: Path, name: str, dev: torch.device,
+                max_megapixels: float | None = None,
+                on_sample: Callable[[int, torch.Tensor], None] | None = None
+                ) -> dict[str, Any]:
+    """Run one image through the pipeline and write its files; returns its run.json record
+    (with the run's ``settings``, which ``_run`` moves to the top of run.json).
+
+    ``pipe`` None is the bicubic baseline. ``on_sample(i, x)`` is called with each sample
+    (3, H, W) after it is written (``cascade app`` shows progress and stops there)."""
     from dataclasses import asdict
 
     from cascade.data.io import save_image, to_uint8
@@ -209,15 +238,18 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
     kept: list[torch.Tensor] | None = [] if n * H * W <= QUANTILE_PIXELS else None
 
     def writer(i: int, x: torch.Tensor) -> None:
-        save_image(x, sample_dir / f"sample_{i:02d}.png")
-        if kept is not None:
-            kept.append(torch.from_numpy(to_uint8(x)))  # (H, W, 3): what the PNG holds
+        if streamed:
+            save_image(x, sample_dir / f"sample_{i:02d}.png")
+            if kept is not None:
+                kept.append(torch.from_numpy(to_uint8(x)))  # (H, W, 3): what the PNG holds
+        if on_sample is not None:
+            on_sample(i, x)
 
     if streamed:
         record["samples"] = str(final_samples)
     try:
         result = pipe(img, size=out_hw, keep_samples=False, max_megapixels=max_megapixels,
-                      on_sample=writer if streamed else None, progress=True)
+                      on_sample=writer, progress=True)
     except BaseException:
         shutil.rmtree(sample_dir, ignore_errors=True)
         raise
@@ -225,14 +257,16 @@ def _upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int
     replace_dir(sample_dir if streamed else None, final_samples)
     if not streamed:  # maps an earlier run into this folder made and this one does not
         for stale in ("std", "interval"):
-            (out_dir / f"{name}_{stale}.png").unlink(missing_ok=True)
+            _remove_map(out_dir, f"{name}_{stale}")
     if streamed:
         from cascade.evaluation.heatmap import save_heatmap
 
         std_map = out_dir / f"{name}_std.png"
-        save_heatmap(result.std.mean(0), std_map, label=f"std over {n} samples (0-1 scale)",
+        std = result.std.mean(0)  # (H, W): the mean of the R, G, B stds
+        save_heatmap(std, std_map, label=f"std over {n} samples (0-1 scale)",
                      title=f"{name}: per-pixel std of {n} samples ({plan.stages})")
         record["std_map"] = str(std_map)
+        record["std_data"] = _map_data(std, out_dir / f"{name}_std.tiff", "std")
         record["std_mean"] = round(float(result.std.mean()), 6)
         record["interval"] = _interval_maps(result, kept, cfg.alpha, out_dir, name)
     record.update({"plan": result.plan.to_dict(),
@@ -269,9 +303,10 @@ def _interval_maps(result, kept: list[torch.Tensor] | None, alpha: float, out_di
         dest = out_dir / f"{name}_interval.png"
         save_heatmap(width, dest, label=f"{level} interval width (0-1 scale)",
                      title=f"{name}: width of the {level} quantile interval of {n} samples")
-        rec.update(map=str(dest), quantile_width_mean=round(float(width.mean()), 6))
+        rec.update(map=str(dest), quantile_width_mean=round(float(width.mean()), 6),
+                   data=_map_data(width, out_dir / f"{name}_interval.tiff", "interval"))
     else:
-        (out_dir / f"{name}_interval.png").unlink(missing_ok=True)  # an earlier run's
+        _remove_map(out_dir, f"{name}_interval")  # an earlier run's
         rec["map"] = None
         rec["note"] = (f"{n} samples x {result.mean[0].numel()} pixels exceed "
                        f"{QUANTILE_PIXELS} kept sample pixels: no quantile map")
@@ -283,6 +318,20 @@ def _interval_maps(result, kept: list[torch.Tensor] | None, alpha: float, out_di
                              "match": c.get("match"),
                              "width_mean": round(float((hi - lo).mean()), 6)}
     return rec
+
+
+def _map_data(value: torch.Tensor, dest: Path, kind: str) -> dict[str, str]:
+    """Write a map (H, W) as float32 data; its run.json entry (file, format, units)."""
+    from cascade.data.io import save_map
+
+    save_map(value, dest)
+    return {"file": str(dest), "format": MAP_FORMAT, "units": MAP_UNITS[kind]}
+
+
+def _remove_map(out_dir: Path, stem: str) -> None:
+    """Delete an earlier run's map (the figure and the data) that this run does not make."""
+    for suffix in (".png", ".tiff"):
+        (out_dir / f"{stem}{suffix}").unlink(missing_ok=True)
 
 
 def _more(n: int) -> str:

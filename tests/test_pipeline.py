@@ -690,3 +690,35 @@ def test_max_megapixels_overrides_the_memory_budget_through_the_whole_run(folder
     args = ["upscale", str(img), "--scale", "2", "--pipeline", str(folder), "--steps", "1"]
     assert main([*args, "--max-megapixels", "1", "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--max-megapixels", "0.0001", "--out", str(tmp_path / "b")]) == 2
+
+
+def test_upscale_writes_the_std_and_interval_maps_as_pixel_aligned_float_data(folder, tmp_path):
+    """NAME_std.tiff is CascadeOutput.std averaged over R, G, B (what NAME_std.png draws),
+    NAME_interval.tiff the quantile width of the written samples; both H x W float32."""
+    from cascade.data.io import load_image, load_map, save_image
+    from cascade.upscale import quantile_width
+
+    img = tmp_path / "photo.png"
+    save_image(torch.rand(3, 10, 13, generator=torch.Generator().manual_seed(3)), img)
+    out = tmp_path / "out"
+    assert main(["upscale", str(img), "--scale", "2", "--samples", "3", "--steps", "2",
+                 "--pipeline", str(folder), "--out", str(out)]) == 0
+    std = load_map(out / "photo_x2_std.tiff")
+    assert std.dtype == torch.float32 and tuple(std.shape) == (20, 26)
+    expected = CascadePipeline.from_pretrained(folder)(load_image(img), scale=2, num_samples=3,
+                                                       steps=2)
+    torch.testing.assert_close(std, expected.std.mean(0), atol=1e-6, rtol=0)
+    from cascade.data.io import to_uint8
+
+    samples = [torch.from_numpy(to_uint8(load_image(p)))
+               for p in sorted((out / "photo_x2_samples").iterdir())]
+    torch.testing.assert_close(load_map(out / "photo_x2_interval.tiff"),
+                               quantile_width(samples, 0.1))
+    rec = json.loads((out / "run.json").read_text())["outputs"][0]
+    assert rec["std_data"]["file"] == str(out / "photo_x2_std.tiff")
+    assert "mean of R, G, B" in rec["std_data"]["units"]
+    assert rec["interval"]["data"]["format"].startswith("float32 TIFF")
+    # a LAINR-only rerun into the same folder removes the maps it does not make
+    assert main(["upscale", str(img), "--scale", "2", "--stages", "inr", "--pipeline",
+                 str(folder), "--out", str(out)]) == 0
+    assert not [p for p in out.iterdir() if p.name.startswith(("photo_x2_std", "photo_x2_int"))]

@@ -3,7 +3,8 @@
 ``load_image`` reads any file Pillow reads: gray, palette, RGBA/LA (alpha composited on a
 background colour or dropped), 16-bit grayscale PNG (full precision; Pillow reads 16-bit
 *RGB* PNGs at 8 bits), CMYK JPEG; EXIF orientation is applied. ``save_image`` writes PNG
-atomically (temp file + rename), rounding to uint8.
+atomically (temp file + rename), rounding to uint8; ``save_map`` / ``load_map`` write and
+read a per-pixel map (H, W) as float32 TIFF (the std and interval maps as data).
 """
 
 from __future__ import annotations
@@ -110,6 +111,32 @@ def save_image(img: torch.Tensor, path: str | os.PathLike) -> Path:
     with atomic_write(path) as f:
         f.write(buf.getvalue())
     return path
+
+
+def save_map(value: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write a per-pixel map (H, W) as a one-channel float32 TIFF, atomically: the values
+    themselves (no colour scale), pixel-aligned with the image it describes."""
+    path = Path(path)
+    if value.ndim != 2:
+        raise ValueError(f"expected a map (H, W), got shape {tuple(value.shape)}")
+    buf = io.BytesIO()
+    arr = np.ascontiguousarray(value.detach().to("cpu", torch.float32).numpy())
+    Image.fromarray(arr, "F").save(buf, format="TIFF")
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+    return path
+
+
+def load_map(path: str | os.PathLike) -> torch.Tensor:
+    """Read a map written by ``save_map`` -> (H, W) float32."""
+    try:
+        with Image.open(path) as img:
+            if img.mode != "F":
+                raise ImageError(f"{path} is not a float32 map (mode {img.mode}); it must be "
+                                 "a one-channel float TIFF as cascade upscale writes")
+            return torch.from_numpy(np.array(img, dtype=np.float32))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageError(f"cannot read the map {path} ({e}); rerun cascade upscale") from None
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:

@@ -28,12 +28,22 @@ def display_map(value: torch.Tensor, max_side: int = 2048, min_side: int = 256
     return value, f
 
 
+def map_vmax(value: torch.Tensor, q: float = 0.995) -> float:
+    """The top of a map's colour scale: its ``q`` quantile (default the 99.5th percentile, so
+    a few extreme pixels do not wash the rest out); 1.0 for an empty or all-zero map."""
+    flat = value.detach().float().reshape(-1)
+    if not flat.numel():
+        return 1.0
+    top = float(flat.kthvalue(max(1, int(q * flat.numel()))).values)
+    return top if top > 0 else 1.0
+
+
 def save_heatmap(value: torch.Tensor, dest: str | Path, label: str, title: str | None = None,
                  cmap: str = "magma", vmax: float | None = None, dpi: int = 100) -> Path:
     """Write ``value`` (H, W) as a PNG heatmap with a colour bar labelled ``label``.
 
-    The colour scale runs from 0 to ``vmax`` (default: the 99.5th percentile of the map, so
-    a few extreme pixels do not wash the rest out; values above it are drawn at the top).
+    The colour scale runs from 0 to ``vmax`` (default: ``map_vmax``, the 99.5th percentile
+    of the map; values above it are drawn at the top).
     """
     import matplotlib
 
@@ -41,11 +51,7 @@ def save_heatmap(value: torch.Tensor, dest: str | Path, label: str, title: str |
     import matplotlib.pyplot as plt
 
     shown, reduced = display_map(value.detach().float().cpu())
-    if vmax is None:
-        flat = shown.reshape(-1)
-        k = max(1, int(0.995 * flat.numel()))
-        vmax = float(flat.kthvalue(k).values) if flat.numel() else 1.0
-    vmax = vmax if vmax > 0 else 1.0
+    vmax = map_vmax(shown) if vmax is None else (vmax if vmax > 0 else 1.0)
     h, w = shown.shape
     bar_px, top_px = 110, 28 if title else 4
     fig = plt.figure(figsize=((w + bar_px) / dpi, (h + top_px) / dpi), dpi=dpi)
