@@ -1,0 +1,122 @@
+"""The cascade's outputs for fixed weights and seeds, compared with a recording.
+
+A tiny pipeline folder (``configs/tiny``: LAINR, ``sr3_x2`` conditioned by that LAINR,
+``sr3_x2_b`` conditioned by bicubic) with weights drawn from fixed seeds runs a 10x8 input at
+x2 (one stage, no LAINR step), x3 (LAINR x1.5, one stage), x4 (two stages, no LAINR step),
+x6.5 (LAINR, two stages, crop; tiled), LAINR alone (x2.5) and bicubic (x3), N = 2 samples
+each, on one CPU thread. Samples, mean and std must equal
+``tests/data/pipeline_regression.npz`` bit for bit (``atol=0``): restructuring the pipeline code must not change a single value.
+
+The recording was made with the code before the restructuring (issue 14). To record again
+after an intended change of numerics: ``python tests/test_pipeline_regression.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDING = ROOT / "tests" / "data" / "pipeline_regression.npz"
+TINY_LAINR = ROOT / "configs" / "tiny" / "lainr.yaml"
+TINY_SR3 = ROOT / "configs" / "tiny" / "sr3_x2.yaml"
+TINY_UNET = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                 norm_num_groups=4, attention_head_dim=4)
+
+# name -> (scale, stages, extra settings)
+RUNS = {
+    "x2": (2.0, "auto", {}),
+    "x3": (3.0, "auto", {}),
+    "x4": (4.0, "auto", {}),
+    "x6.5": (6.5, "auto", {"tiling": {"tile": 32, "overlap": 8, "untiled": -1}}),
+    "inr_x2.5": (2.5, "inr", {}),
+    "bicubic_x3": (3.0, "bicubic", {}),
+}
+# what each run's plan must be (the runs cover every path of the cascade)
+PLANS = {
+    "x2": ["sr3_x2"], "x3": ["lainr", "sr3_x2"], "x4": ["sr3_x2", "sr3_x2_b"],
+    "x6.5": ["lainr", "sr3_x2", "sr3_x2_b"], "inr_x2.5": ["lainr"], "bicubic_x3": ["bicubic"],
+}
+
+
+def make_folder(root: Path) -> Path:
+    """lainr/, sr3_x2/ (LAINR conditioning) and sr3_x2_b/ (bicubic) from fixed seeds."""
+    from omegaconf import OmegaConf
+
+    from cascade.checkpoint import save_checkpoint
+    from cascade.diffusion.unet import ConditionalUNet
+    from cascade.inr.model import LAINR
+    from cascade.train import load_train_config
+
+    cfg = load_train_config(TINY_LAINR, [])
+    torch.manual_seed(0)
+    lainr = LAINR(**OmegaConf.to_container(cfg.model, resolve=True))
+    save_checkpoint(root / "lainr", lainr.state_dict(), cfg, "lainr")
+    conds = {"sr3_x2": ["conditioning.upsampler=lainr",
+                        f"conditioning.checkpoint={root / 'lainr'}"],
+             "sr3_x2_b": ["sampling.aug_level=0.03"]}
+    for seed, (name, overrides) in enumerate(conds.items(), start=1):
+        scfg = load_train_config(TINY_SR3, overrides)
+        torch.manual_seed(seed)
+        save_checkpoint(root / name, ConditionalUNet(**TINY_UNET).state_dict(), scfg, "sr3")
+    return root
+
+
+def lr_image() -> torch.Tensor:
+    return torch.rand(3, 8, 10, generator=torch.Generator().manual_seed(14))  # 10x8
+
+
+def run_all(root: Path) -> dict[str, np.ndarray]:
+    """Every run's samples, mean and std (float32 arrays), on one CPU thread (the sums of
+    several threads are added in another order: last-bit differences)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_all(root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_all(root: Path) -> dict[str, np.ndarray]:
+    from cascade.pipeline import CascadePipeline
+
+    pipe = CascadePipeline.from_pretrained(root, steps=2)
+    lr = lr_image()
+    out: dict[str, np.ndarray] = {}
+    for name, (scale, stages, extra) in RUNS.items():
+        res = pipe(lr, scale=scale, num_samples=2, seed=3, stages=stages, **extra)
+        assert [s.stage for s in res.plan.steps] == PLANS[name], res.plan.describe()
+        assert ("tiling" in extra) == (res.plan.steps[-1].tiles > 1), res.plan.describe()
+        out[f"{name}/samples"] = res.samples.numpy()
+        out[f"{name}/mean"] = res.mean.numpy()
+        out[f"{name}/std"] = res.std.numpy()
+    return out
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> dict[str, np.ndarray]:
+    return run_all(make_folder(tmp_path_factory.mktemp("regression")))
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_outputs_equal_the_recording(outputs, name):
+    with np.load(RECORDING) as rec:
+        for part in ("samples", "mean", "std"):
+            key = f"{name}/{part}"
+            got, want = outputs[key], rec[key]
+            assert got.shape == want.shape, key
+            np.testing.assert_array_equal(got, want, err_msg=key)
+
+
+if __name__ == "__main__":  # record (only after an intended change of numerics)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = run_all(make_folder(Path(tmp)))
+    RECORDING.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(RECORDING, **arrays)
+    print(f"wrote {RECORDING} ({RECORDING.stat().st_size} bytes)", file=sys.stderr)
