@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from cascade.inr.model import DECODE_CHUNK
+from cascade.inr.lattice import DECODE_CHUNK, lainr_resample
 from cascade.registry import Registry
 
 UPSAMPLERS: Registry = Registry("conditioning upsampler")
@@ -22,6 +22,9 @@ class Upsampler(Protocol):
     spec: dict[str, Any]
 
     def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
+
+    def condition(self, lr: torch.Tensor, size: tuple[int, int],
+                  progress: bool = False) -> torch.Tensor: ...
 
     def to(self, device: torch.device | str) -> Upsampler: ...
 
@@ -37,6 +40,11 @@ class BicubicUpsampler:
         from cascade.data.degrade import upscale_bicubic
 
         return upscale_bicubic(lr, size)
+
+    def condition(self, lr: torch.Tensor, size: tuple[int, int],
+                  progress: bool = False) -> torch.Tensor:
+        """The cascade's conditioning: the same as calling it."""
+        return self(lr, size)
 
     def to(self, device: torch.device | str) -> BicubicUpsampler:
         return self
@@ -56,6 +64,12 @@ class LAINRUpsampler:
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return self.model.upscale(lr, size=size, chunk=self.chunk)
+
+    def condition(self, lr: torch.Tensor, size: tuple[int, int],
+                  progress: bool = False) -> torch.Tensor:
+        """The cascade's conditioning: the pixel centres of ``size`` through the lattice
+        decoder (``cascade.inr.lattice``), with a progress bar when ``progress``."""
+        return lainr_resample(self.model, lr, size, size, self.chunk, progress)
 
     def to(self, device: torch.device | str) -> LAINRUpsampler:
         self.model.to(device)

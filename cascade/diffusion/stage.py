@@ -51,7 +51,7 @@ class SR3Stage:
                               f"known: {sorted(asdict(self.sampling))}")
         return replace(self.sampling, **{k: v for k, v in overrides.items() if v is not None})
 
-    def _pad_multiple(self) -> int:
+    def pad_multiple(self) -> int:
         """LR sides must be a multiple of this so the output fits the UNet's down-sampling."""
         f = self.unet.downsample_factor
         s = round(self.scale)
@@ -102,7 +102,7 @@ class SR3Stage:
         s = round(self.scale)
         h, w = lr.shape[-2:]
         H, W = h * s, w * s
-        m = self._pad_multiple()
+        m = self.pad_multiple()
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:  # reflect-pad bottom/right so the UNet's sides divide; cropped below
             mode = "reflect" if ph < h and pw < w else "replicate"

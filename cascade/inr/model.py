@@ -21,15 +21,11 @@ from cascade.data.coords import make_cell, make_coord
 from cascade.errors import ConfigError, ScaleError
 from cascade.inr.decoder import LocalityAwareDecoder
 from cascade.inr.encoder import Latents, MambaEncoder
+from cascade.inr.lattice import DECODE_CHUNK, decode_chunks
 from cascade.registry import MODELS
 
 __all__ = ["DECODE_CHUNK", "LAINRConfig", "LAINR", "bicubic_at"]
 
-# Queries decoded at once. Each query's intermediates (its 9 tokens' keys and values, about
-# 14 KB) are written and read back several times; a chunk of 4096 keeps them near the CPU's
-# caches, where 65536 streamed them through memory at a third of the speed
-# (scripts/bench_lainr.py). Outputs do not depend on it: queries are independent.
-DECODE_CHUNK = 4096
 
 
 @dataclass
@@ -141,13 +137,6 @@ class LAINR(nn.Module):
             raise ScaleError(f"output size must be positive, got {tuple(size)}")
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        latents = self.encode(lr)
-        B = lr.shape[0]
-        coord = make_coord((H, W), device=lr.device, dtype=lr.dtype).expand(B, -1, -1)
-        cell = make_cell((H, W), H * W, device=lr.device, dtype=lr.dtype).expand(B, -1, -1)
-        out = torch.cat(
-            [self.decode(latents, coord[:, i : i + chunk], cell[:, i : i + chunk])
-             for i in range(0, H * W, chunk)],
-            dim=1,
-        )  # (B, H*W, 3)
-        return out.transpose(1, 2).reshape(B, 3, H, W)
+        coord = make_coord((H, W), device=lr.device, dtype=lr.dtype)
+        cell = make_cell((H, W), H * W, device=lr.device, dtype=lr.dtype)
+        return decode_chunks(self, self.encode(lr), coord, cell, lr.shape[0], (H, W), chunk)
