@@ -23,7 +23,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cascade.data.datasets import resolve_dataset
+from cascade.data.degrade import check_scale, degrade
+from cascade.devices import resolve_device
 from cascade.errors import CascadeError, ConfigError
+from cascade.pipeline import CascadePipeline, save_calibration
+from cascade.uncertainty import (
+    ause,
+    conformal_factor,
+    coverage,
+    mean_width,
+    normalized_scores,
+    quantile_interval,
+    spearman,
+    std_interval,
+)
+from cascade.upscale import pipeline_settings
 
 # Below this many fit images the report warns (the guarantee is over images, not pixels).
 MIN_FIT_IMAGES = 10
@@ -44,22 +59,6 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
               fit: str = "even", **settings: Any) -> dict[str, Any]:
     """Fit on half of ``data`` (the images at even positions, or odd with ``fit="odd"``),
     test on the other half; returns the calibration entry."""
-    from cascade.data.datasets import resolve_dataset
-    from cascade.data.degrade import check_scale, degrade
-    from cascade.evaluation.run import resolve_device
-    from cascade.pipeline import CascadePipeline, save_calibration, stages_needed
-    from cascade.uncertainty import (
-        ause,
-        conformal_factor,
-        coverage,
-        mean_width,
-        normalized_scores,
-        quantile_interval,
-        spearman,
-        std_interval,
-    )
-    from cascade.upscale import pipeline_settings
-
     s = check_scale(scale)
     if fit not in ("even", "odd"):
         raise ConfigError(f"fit={fit!r}; use even or odd")
@@ -74,11 +73,9 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
     if n_img < 2:
         raise CascadeError(f"{data} has {n_img} image(s); calibration needs 2 or more "
                            "(half to fit, half to test)")
-    pipe = CascadePipeline.from_pretrained(pipeline, max_diffusion=stages_needed(cfg.stages))
-    pipe.config = cfg
-    spec, used = pipe.resolve_stages(cfg.stages)
-    dev = resolve_device(device)
-    pipe.to(dev)
+    pipe = CascadePipeline.from_pretrained(pipeline, config=cfg)
+    spec, used = pipe.resolve_stages()
+    pipe.to(resolve_device(device))
     fit_scores, test = [], []
     t0 = time.perf_counter()
     plan_summary = None

@@ -31,18 +31,35 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from cascade.atomic import atomic_write_text, replace_dir, writable_dir
+from cascade.config import load_config
+from cascade.data.degrade import upscale_bicubic
+from cascade.data.io import load_image, save_image, save_map, to_uint8
 from cascade.data.sources import expand_inputs
+from cascade.devices import resolve_device
 from cascade.errors import CascadeError
+from cascade.heatmap import save_heatmap
 from cascade.memory import budget_megapixels, check_output_size
-from cascade.pipeline import PipelineConfig, check_scale, parse_size, target_size
+from cascade.pipeline import (
+    CascadePipeline,
+    PipelineConfig,
+    check_scale,
+    check_settings,
+    make_plan,
+    parse_size,
+    target_size,
+)
+from cascade.scales import format_scale
+from cascade.uncertainty import quantile_interval
 
 # Quantile maps keep the samples as 8 bits: at most this many sample pixels (N x H x W) are
 # held (3 bytes each: 384 MB), e.g. 8 samples of a 4096 x 4096 output.
@@ -63,11 +80,6 @@ def pipeline_settings(config: str | None = None, overrides: Sequence[str] = (),
                       **flags: Any) -> PipelineConfig:
     """configs/pipeline.yaml-style file <- flags (None = not given) <- key=value overrides,
     checked (``--samples 0`` and friends fail here, before any work)."""
-    from omegaconf import OmegaConf
-
-    from cascade.config import load_config
-    from cascade.pipeline import check_settings
-
     extra = {k: v for k, v in flags.items() if v is not None}
     cfg = OmegaConf.to_object(load_config(PipelineConfig, config, list(overrides), extra))
     check_settings(cfg)
@@ -121,30 +133,24 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
 
 
 def _load_pipeline(cfg: PipelineConfig, checkpoint: str | None, pipeline: str,
-                   dev: torch.device):
-    """The pipeline for ``cfg.stages`` (None for bicubic); a missing stage fails here."""
-    from cascade.pipeline import CascadePipeline, stages_needed
-
+                   dev: torch.device) -> CascadePipeline | None:
+    """The pipeline resolved for ``cfg`` (None for bicubic); a missing stage fails here
+    (inr+2 without sr3_x2_b: one line, before any work)."""
     if cfg.stages == "bicubic":
         return None
-    pipe = CascadePipeline.from_pretrained(pipeline, lainr=checkpoint,
-                                           max_diffusion=stages_needed(cfg.stages))
-    cfg.stages, _ = pipe.resolve_stages(cfg.stages)  # inr+2 without sr3_x2_b: one line, now
-    pipe.config = cfg
-    return pipe.to(dev)
+    return CascadePipeline.from_pretrained(pipeline, lainr=checkpoint, config=cfg).to(dev)
 
 
 def _run(files: list[Path], failures: list[str], s: float | None,
          wanted: tuple[int, int] | None, cfg: PipelineConfig, checkpoint: str | None,
          pipeline: str, out_dir: Path, device: str, max_megapixels: float | None) -> None:
-    from cascade.data.io import load_image
-    from cascade.evaluation.run import format_scale, resolve_device
-
     dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CascadeError(f"--device {device} but no CUDA device is available; "
                            "use --device cpu or auto")
     pipe = _load_pipeline(cfg, checkpoint, pipeline, dev)
+    if pipe is not None:
+        cfg = pipe.config  # the stages resolved (auto -> inr+2)
     single = len(files) == 1
     records: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
@@ -208,15 +214,8 @@ def upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int,
 
     ``pipe`` None is the bicubic baseline. ``on_sample(i, x)`` is called with each sample
     (3, H, W) after it is written (``cascade app`` shows progress and stops there)."""
-    from dataclasses import asdict
-
-    from cascade.data.io import save_image, to_uint8
-    from cascade.pipeline import make_plan
-
     dest = out_dir / f"{name}.png"
     if pipe is None:  # the bicubic baseline: no model at all
-        from cascade.data.degrade import upscale_bicubic
-
         with torch.no_grad():
             sr = upscale_bicubic(img[None].to(dev), out_hw).clamp(0, 1)
         save_image(sr[0].cpu(), dest)
@@ -259,8 +258,6 @@ def upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int,
         for stale in ("std", "interval"):
             _remove_map(out_dir, f"{name}_{stale}")
     if streamed:
-        from cascade.evaluation.heatmap import save_heatmap
-
         std_map = out_dir / f"{name}_std.png"
         std = result.std.mean(0)  # (H, W): the mean of the R, G, B stds
         save_heatmap(std, std_map, label=f"std over {n} samples (0-1 scale)",
@@ -279,8 +276,6 @@ def quantile_width(samples: list[torch.Tensor], alpha: float, rows: int = 128) -
     """Width of the empirical ``[alpha/2, 1 - alpha/2]`` interval over uint8 samples
     (each (H, W, 3), as ``cascade.data.io.to_uint8`` gives them), in [0, 1] units, mean of
     R, G, B: (H, W). Computed in bands of ``rows`` rows so the float copy stays small."""
-    from cascade.uncertainty import quantile_interval
-
     H = samples[0].shape[0]
     out = []
     for top in range(0, H, rows):
@@ -294,8 +289,6 @@ def _interval_maps(result, kept: list[torch.Tensor] | None, alpha: float, out_di
                    name: str) -> dict[str, Any]:
     """Write NAME_interval.png (the sample-quantile interval's width) and return the
     run.json record: mean widths of that interval and of the calibrated one."""
-    from cascade.evaluation.heatmap import save_heatmap
-
     n, level = result.num_samples, f"{100 * (1 - alpha):g}%"
     rec: dict[str, Any] = {"alpha": alpha}
     if kept is not None:
@@ -322,8 +315,6 @@ def _interval_maps(result, kept: list[torch.Tensor] | None, alpha: float, out_di
 
 def _map_data(value: torch.Tensor, dest: Path, kind: str) -> dict[str, str]:
     """Write a map (H, W) as float32 data; its run.json entry (file, format, units)."""
-    from cascade.data.io import save_map
-
     save_map(value, dest)
     return {"file": str(dest), "format": MAP_FORMAT, "units": MAP_UNITS[kind]}
 

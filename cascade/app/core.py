@@ -142,7 +142,7 @@ class Engine:
              out_root: str | Path = "outputs/app", max_megapixels: float | None = None,
              keep: int = 20) -> Engine:
         """Load the pipeline folder once (every stage it has), on ``device``."""
-        from cascade.evaluation.run import resolve_device
+        from cascade.devices import resolve_device
         from cascade.pipeline import CascadePipeline
 
         dev = resolve_device(device)
@@ -179,7 +179,7 @@ class Engine:
 
     def _run(self, req: Request, report: Report) -> Result:
         from cascade.data.io import load_image
-        from cascade.evaluation.run import format_scale
+        from cascade.scales import format_scale
         from cascade.pipeline import rows_per_batch, target_size
         from cascade.upscale import upscale_one, write_run_json
 
@@ -336,7 +336,7 @@ def overlay(image: str | Path | torch.Tensor, value: torch.Tensor, opacity: floa
     from matplotlib import colormaps
 
     from cascade.data.io import load_image, to_uint8
-    from cascade.evaluation.heatmap import map_vmax
+    from cascade.heatmap import map_vmax
 
     img = load_image(image) if isinstance(image, (str, Path)) else image
     if tuple(value.shape) != tuple(img.shape[-2:]):

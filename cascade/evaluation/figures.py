@@ -11,17 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-
-def save_figure(fig, dest: Path) -> Path:
-    """Write a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    from cascade.atomic import atomic_write
-
-    with atomic_write(dest) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return dest
+from cascade.heatmap import save_figure  # noqa: F401  (re-exported: its old home)
 
 
 def detailed_window(img: torch.Tensor, crop: int) -> tuple[int, int]:

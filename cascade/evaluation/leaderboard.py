@@ -18,7 +18,8 @@ from typing import Any
 
 from cascade.atomic import atomic_write_text
 from cascade.errors import CascadeError
-from cascade.evaluation.run import format_scale, format_value, summarize
+from cascade.evaluation.run import format_value, summarize
+from cascade.scales import format_scale
 from cascade.evaluation.store import ResultsStore
 from cascade.evaluation.sweep import variant_labels
 

@@ -18,7 +18,7 @@ import torch
 
 from cascade.errors import CascadeError
 from cascade.evaluation.leaderboard import ARROWS, COLUMNS, Section, cell, columns_of
-from cascade.evaluation.run import format_scale
+from cascade.scales import format_scale
 from cascade.evaluation.sweep import variant_dir
 
 CROP = 96  # HR pixels of the thumbnail crops (shown at 2x, pixelated)

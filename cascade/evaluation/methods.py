@@ -172,25 +172,15 @@ class CascadeMethod(Method):
                  output: str = "mean", sampler: str | None = None, steps: int | None = None,
                  eta: float | None = None, temperature: float | None = None,
                  aug_level: float | None = None, projection: float | None = None) -> None:
-        from cascade.pipeline import CascadePipeline, stages_needed
+        from cascade.pipeline import CascadePipeline
 
-        knobs = dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature,
-                     aug_level=aug_level, projection=projection)
         self.pipe = CascadePipeline.from_pretrained(
-            pipeline, lainr=checkpoint, max_diffusion=stages_needed(stages), stages=stages,
-            num_samples=num_samples, seed=seed, output=output, **knobs)
-        spec, used = self.pipe.resolve_stages()
-        self.pipe.config.stages = spec
-        # Each stage fills unset knobs with its own defaults (the second stage samples at a
-        # higher aug_level): one value when the stages agree, else one per stage, in order.
-        # (A stage that feeds another samples at chain_temperature, recorded beside them.)
-        per_stage = [vars(d.stage.knobs(**knobs)) for d in used]
-        resolved = {k: (per_stage[0][k] if all(p[k] == per_stage[0][k] for p in per_stage)
-                        else [p[k] for p in per_stage]) for k in (per_stage[0] if used else {})}
-        settings: dict[str, Any] = {"pipeline": str(pipeline), "stages": spec,
-                                    "diffusion": [d.name for d in used], **resolved,
-                                    "chain_temperature": (None if temperature is not None
-                                                          else self.pipe.config.chain_temperature),
+            pipeline, lainr=checkpoint, resolve=True, stages=stages, num_samples=num_samples,
+            seed=seed, output=output, sampler=sampler, steps=steps, eta=eta,
+            temperature=temperature, aug_level=aug_level, projection=projection)
+        # What the pipeline runs with: the resolved stages, each sampler knob with the stage
+        # defaults filled in (one value per stage where they differ), chain_temperature.
+        settings: dict[str, Any] = {"pipeline": str(pipeline), **self.pipe.report(),
                                     "num_samples": int(num_samples), "seed": int(seed),
                                     "output": output}
         if checkpoint is not None:
@@ -199,8 +189,7 @@ class CascadeMethod(Method):
 
     @property
     def num_params(self) -> int:
-        stages = [d.stage.num_params for d in self.pipe.diffusion]
-        return sum(p.numel() for p in self.pipe.lainr.parameters()) + sum(stages)
+        return self.pipe.num_params
 
     def to(self, device: torch.device | str) -> Method:
         self.pipe.to(device)

@@ -23,10 +23,12 @@ from tqdm.auto import tqdm
 
 from cascade.atomic import atomic_write_text
 from cascade.config import save_config, to_container
+from cascade.devices import resolve_device
 from cascade.errors import ConfigError
 from cascade.evaluation.methods import METHODS, make_method
 from cascade.evaluation.store import SET_ROW, ResultsStore, row_key
 from cascade.evaluation.sweep import expand, variant_dir, variant_labels
+from cascade.scales import format_scale
 
 
 @dataclass
@@ -57,17 +59,6 @@ class EvalConfig:
     save_images: bool = False
     resume: bool = True  # skip rows already in results.jsonl
     device: str = "cpu"  # cpu, cuda, cuda:1, or auto
-
-
-def format_scale(scale: float) -> str:
-    """2.0 -> '2', 2.5 -> '2.5' (file names and tables)."""
-    return f"{scale:g}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
