@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pipeline import folder  # noqa: F401  (tiny lainr/ and sr3_x2/ checkpoints)
 
 from cascade.app.core import (
     Cancelled,

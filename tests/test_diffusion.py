@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -27,10 +25,9 @@ from cascade.diffusion.stage import SR3Stage
 from cascade.diffusion.unet import AUG_EMBED_SCALE, ConditionalUNet
 from cascade.errors import CheckpointError, ConfigError
 from cascade.seeding import generator_for
+from conftest import TINY_SR3 as TINY
+from conftest import TINY_UNET
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "sr3_x2.yaml"
-TINY_UNET = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                 norm_num_groups=4, attention_head_dim=4)
 
 
 def _photo_pair(size: int = 32):

@@ -54,11 +54,8 @@ from cascade.pipeline import (  # noqa: E402
     save_calibration,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_LAINR = ROOT / "configs" / "tiny" / "lainr.yaml"
-TINY_SR3 = ROOT / "configs" / "tiny" / "sr3_x2.yaml"
-TINY_UNET = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                 norm_num_groups=4, attention_head_dim=4)
+from conftest import ROOT, TINY_SR3, TINY_UNET  # noqa: E402
+from conftest import tiny_lainr as _tiny_lainr  # noqa: E402
 FAST = dict(steps=2, sampler="ddim")
 
 
@@ -104,17 +101,6 @@ def test_lattice_coords_extend_the_grid_past_the_edge_on_the_output_pitch():
     torch.testing.assert_close(cell, make_cell((5, 7), 35))
     coord, _ = lattice_coords((3, 1), (2.5, 1.0))  # pitch 2 / 2.5: centres -0.6, 0.2, 1.0
     torch.testing.assert_close(coord[:, 0], torch.tensor([-0.6, 0.2, 1.0]))
-
-
-def _tiny_lainr():
-    from omegaconf import OmegaConf
-
-    from cascade.inr.model import LAINR
-    from cascade.train import load_train_config
-
-    cfg = load_train_config(TINY_LAINR, ["model.head_init_std=0"])  # exactly bicubic
-    torch.manual_seed(0)
-    return LAINR(**OmegaConf.to_container(cfg.model, resolve=True)), cfg
 
 
 def _stage(seed=0, zero=False, upsampler=None, **sampling):
@@ -215,23 +201,6 @@ def test_tiled_pipeline_matches_untiled():
     tiled = pipe(lr, scale=2, tiling={"tile": 32, "overlap": 8, "untiled": -1}, **FAST)
     assert tiled.plan.steps[-1].tiles == 9 and whole.plan.steps[-1].tiles == 1
     assert float((tiled.mean - whole.mean).abs().mean()) < 0.01
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    """A checkpoints folder: tiny lainr/ and sr3_x2/ (conditioned by that LAINR), no sr3_x2_b/."""
-    from cascade.checkpoint import save_checkpoint
-    from cascade.diffusion.unet import ConditionalUNet
-    from cascade.train import load_train_config
-
-    root = tmp_path_factory.mktemp("ckpts")
-    lainr, cfg = _tiny_lainr()
-    save_checkpoint(root / "lainr", lainr.state_dict(), cfg, "lainr")
-    scfg = load_train_config(TINY_SR3, ["conditioning.upsampler=lainr",
-                                        f"conditioning.checkpoint={root / 'lainr'}"])
-    torch.manual_seed(0)
-    save_checkpoint(root / "sr3_x2", ConditionalUNet(**TINY_UNET).state_dict(), scfg, "sr3")
-    return root
 
 
 def test_from_pretrained_assembles_a_checkpoints_folder_and_names_a_missing_stage(folder):

@@ -20,12 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, TINY_SR3, TINY_UNET, tiny_lainr
+
 RECORDING = ROOT / "tests" / "data" / "pipeline_regression.npz"
-TINY_LAINR = ROOT / "configs" / "tiny" / "lainr.yaml"
-TINY_SR3 = ROOT / "configs" / "tiny" / "sr3_x2.yaml"
-TINY_UNET = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                 norm_num_groups=4, attention_head_dim=4)
 
 # name -> (scale, stages, extra settings)
 RUNS = {
@@ -45,16 +42,11 @@ PLANS = {
 
 def make_folder(root: Path) -> Path:
     """lainr/, sr3_x2/ (LAINR conditioning) and sr3_x2_b/ (bicubic) from fixed seeds."""
-    from omegaconf import OmegaConf
-
     from cascade.checkpoint import save_checkpoint
     from cascade.diffusion.unet import ConditionalUNet
-    from cascade.inr.model import LAINR
     from cascade.train import load_train_config
 
-    cfg = load_train_config(TINY_LAINR, [])
-    torch.manual_seed(0)
-    lainr = LAINR(**OmegaConf.to_container(cfg.model, resolve=True))
+    lainr, cfg = tiny_lainr(overrides=())  # seed 0, residual heads not zero
     save_checkpoint(root / "lainr", lainr.state_dict(), cfg, "lainr")
     conds = {"sr3_x2": ["conditioning.upsampler=lainr",
                         f"conditioning.checkpoint={root / 'lainr'}"],

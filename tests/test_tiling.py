@@ -21,9 +21,8 @@ from cascade.diffusion.tiling import (
 )
 from cascade.diffusion.unet import ConditionalUNet
 from cascade.seeding import generator_for
+from conftest import TINY_UNET
 
-TINY_UNET = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                 norm_num_groups=4, attention_head_dim=4)
 
 
 @pytest.mark.parametrize("length,tile,overlap,multiple", [(288, 256, 32, 4), (1024, 256, 32, 4),
