@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cascade.atomic import atomic_write_text
 from cascade.data.datasets import resolve_dataset
 from cascade.data.degrade import check_scale, degrade
 from cascade.devices import resolve_device
@@ -76,36 +77,10 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
     pipe = CascadePipeline.from_pretrained(pipeline, config=cfg)
     spec, used = pipe.resolve_stages()
     pipe.to(resolve_device(device))
-    fit_scores, test = [], []
     t0 = time.perf_counter()
-    plan_summary = None
-    for i in tqdm(range(n_img), desc=f"calibrate x{s:g} ({spec}, N={cfg.num_samples})",
-                  unit="img", dynamic_ncols=True):
-        hr, lr = degrade(_centre_crop(ds[i]["image"], crop)[None], s)  # (1,3,H,W), (1,3,h,w)
-        fitting = i % 2 == parity
-        res = pipe(lr[0], size=tuple(hr.shape[-2:]), keep_samples=not fitting)
-        if not res.plan.stochastic:
-            raise ConfigError(f"--stages {spec} at x{s:g} runs no diffusion stage "
-                              f"({res.plan.describe()}): nothing to calibrate; use a scale "
-                              ">= 2 and --stages inr+1 or auto")
-        plan_summary = plan_summary or res.plan.describe()
-        y = hr[0].cpu()
-        if fitting:
-            fit_scores.append(normalized_scores(res.mean, res.std, y, cfg.std_floor).reshape(-1))
-        else:
-            lo_q, hi_q = quantile_interval(res.samples, cfg.alpha)
-            test.append((res.mean, res.std, y, lo_q, hi_q))
+    fit_scores, test, res, plan = _run_images(pipe, ds, n_img, s, crop, parity, spec)
     factor = conformal_factor(torch.cat(fit_scores), cfg.alpha)
-    mean = torch.cat([t[0].reshape(-1) for t in test])
-    std = torch.cat([t[1].reshape(-1) for t in test])
-    y = torch.cat([t[2].reshape(-1) for t in test])
-    lo_q = torch.cat([t[3].reshape(-1) for t in test])
-    hi_q = torch.cat([t[4].reshape(-1) for t in test])
-    per_image = [coverage(*std_interval(m, sd, factor, cfg.std_floor), yy)
-                 for m, sd, yy, _, _ in test]  # how much coverage varies between images
-    lo, hi = std_interval(mean, std, factor, cfg.std_floor)
-    raw_lo, raw_hi = std_interval(mean, std, 1.0, cfg.std_floor)
-    err = (y - mean).abs()
+    report = _test_report(test, factor, cfg.std_floor)
     knobs = res.settings
     entry = {
         "stages": [d.name for d in used][:len(res.plan.diffusion)], "stages_spec": spec,
@@ -115,30 +90,64 @@ def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop
         "seed": int(cfg.seed), "alpha": float(cfg.alpha), "factor": factor,
         "std_floor": float(cfg.std_floor), "data": str(data), "crop": int(crop),
         "fit_images": len(fit_scores), "test_images": len(test), "fit_half": fit,
-        "plan": plan_summary,
+        "plan": plan,
         "pipeline": pipe.describe(), "weights": pipe.fingerprint(),
         "seconds": round(time.perf_counter() - t0, 1),
-        "test": {
-            "coverage": coverage(lo, hi, y), "mean_width": mean_width(lo, hi),
-            "coverage_per_image": {"min": min(per_image), "median": statistics.median(per_image),
-                                   "max": max(per_image)},
-            "coverage_raw_std": coverage(raw_lo, raw_hi, y),
-            "mean_width_raw_std": mean_width(raw_lo, raw_hi),
-            "coverage_quantile": coverage(lo_q, hi_q, y),
-            "mean_width_quantile": mean_width(lo_q, hi_q),
-            "spearman_std_abs_error": spearman(std, err), "ause": ause(std, err),
-            "mean_std": float(std.double().mean()), "mean_abs_error": float(err.double().mean()),
-            "elements": int(y.numel())},
+        "test": report,
     }
     if save:
         entry["saved"] = str(save_calibration(pipe, entry))
     if out is not None:
-        from cascade.atomic import atomic_write_text
-
         dest = Path(out) / f"calibration_x{s:g}.json"
         atomic_write_text(dest, json.dumps(entry, indent=2) + "\n")
         entry["report"] = str(dest)
     return entry
+
+
+def _run_images(pipe, ds, n_img: int, s: float, crop: int, parity: int, spec: str):
+    """Degrade and upscale each image: the normalised scores of the fit half, (mean, std,
+    truth, quantile interval) of the test half, the last run's output and the first one's
+    plan (its one-line summary)."""
+    cfg = pipe.config
+    fit_scores, test, res, plan = [], [], None, None
+    for i in tqdm(range(n_img), desc=f"calibrate x{s:g} ({spec}, N={cfg.num_samples})",
+                  unit="img", dynamic_ncols=True):
+        hr, lr = degrade(_centre_crop(ds[i]["image"], crop)[None], s)  # (1,3,H,W), (1,3,h,w)
+        fitting = i % 2 == parity
+        res = pipe(lr[0], size=tuple(hr.shape[-2:]), keep_samples=not fitting)
+        if not res.plan.stochastic:
+            raise ConfigError(f"--stages {spec} at x{s:g} runs no diffusion stage "
+                              f"({res.plan.describe()}): nothing to calibrate; use a scale "
+                              ">= 2 and --stages inr+1 or auto")
+        plan = plan or res.plan.describe()
+        y = hr[0].cpu()
+        if fitting:
+            fit_scores.append(normalized_scores(res.mean, res.std, y, cfg.std_floor).reshape(-1))
+        else:
+            lo_q, hi_q = quantile_interval(res.samples, cfg.alpha)
+            test.append((res.mean, res.std, y, lo_q, hi_q))
+    return fit_scores, test, res, plan
+
+
+def _test_report(test: list[tuple], factor: float, std_floor: float) -> dict[str, Any]:
+    """Coverage, widths and ranking of the intervals on the test half."""
+    mean, std, y, lo_q, hi_q = (torch.cat([t[k].reshape(-1) for t in test]) for k in range(5))
+    per_image = [coverage(*std_interval(m, sd, factor, std_floor), yy)
+                 for m, sd, yy, _, _ in test]  # how much coverage varies between images
+    lo, hi = std_interval(mean, std, factor, std_floor)
+    raw_lo, raw_hi = std_interval(mean, std, 1.0, std_floor)
+    err = (y - mean).abs()
+    return {
+        "coverage": coverage(lo, hi, y), "mean_width": mean_width(lo, hi),
+        "coverage_per_image": {"min": min(per_image), "median": statistics.median(per_image),
+                               "max": max(per_image)},
+        "coverage_raw_std": coverage(raw_lo, raw_hi, y),
+        "mean_width_raw_std": mean_width(raw_lo, raw_hi),
+        "coverage_quantile": coverage(lo_q, hi_q, y),
+        "mean_width_quantile": mean_width(lo_q, hi_q),
+        "spearman_std_abs_error": spearman(std, err), "ause": ause(std, err),
+        "mean_std": float(std.double().mean()), "mean_abs_error": float(err.double().mean()),
+        "elements": int(y.numel())}
 
 
 def format_report(e: dict[str, Any]) -> str:

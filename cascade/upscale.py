@@ -215,13 +215,8 @@ def upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int,
     ``pipe`` None is the bicubic baseline. ``on_sample(i, x)`` is called with each sample
     (3, H, W) after it is written (``cascade app`` shows progress and stops there)."""
     dest = out_dir / f"{name}.png"
-    if pipe is None:  # the bicubic baseline: no model at all
-        with torch.no_grad():
-            sr = upscale_bicubic(img[None].to(dev), out_hw).clamp(0, 1)
-        save_image(sr[0].cpu(), dest)
-        plan = make_plan(tuple(img.shape[-2:]), out_hw, [], "bicubic")
-        return {"output": str(dest), "plan": plan.to_dict(), "timings": {},
-                "settings": asdict(cfg)}
+    if pipe is None:
+        return _bicubic_one(cfg, img, out_hw, dest, dev)
     plan = pipe.plan(tuple(img.shape[-2:]), out_hw, cfg.stages)
     n = int(cfg.num_samples)
     record: dict[str, Any] = {"output": str(dest)}
@@ -258,18 +253,36 @@ def upscale_one(pipe, cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int,
         for stale in ("std", "interval"):
             _remove_map(out_dir, f"{name}_{stale}")
     if streamed:
-        std_map = out_dir / f"{name}_std.png"
-        std = result.std.mean(0)  # (H, W): the mean of the R, G, B stds
-        save_heatmap(std, std_map, label=f"std over {n} samples (0-1 scale)",
-                     title=f"{name}: per-pixel std of {n} samples ({plan.stages})")
-        record["std_map"] = str(std_map)
-        record["std_data"] = _map_data(std, out_dir / f"{name}_std.tiff", "std")
-        record["std_mean"] = round(float(result.std.mean()), 6)
-        record["interval"] = _interval_maps(result, kept, cfg.alpha, out_dir, name)
+        record.update(_std_maps(result, kept, cfg.alpha, out_dir, name))
     record.update({"plan": result.plan.to_dict(),
                    "timings": {k: round(v, 3) for k, v in result.timings.items()},
                    "settings": result.settings})
     return record
+
+
+def _bicubic_one(cfg: PipelineConfig, img: torch.Tensor, out_hw: tuple[int, int], dest: Path,
+                 dev: torch.device) -> dict[str, Any]:
+    """The bicubic baseline (no model at all): the image and its run.json record."""
+    with torch.no_grad():
+        sr = upscale_bicubic(img[None].to(dev), out_hw).clamp(0, 1)
+    save_image(sr[0].cpu(), dest)
+    plan = make_plan(tuple(img.shape[-2:]), out_hw, [], "bicubic")
+    return {"output": str(dest), "plan": plan.to_dict(), "timings": {},
+            "settings": asdict(cfg)}
+
+
+def _std_maps(result, kept: list[torch.Tensor] | None, alpha: float, out_dir: Path,
+              name: str) -> dict[str, Any]:
+    """Write NAME_std.png/.tiff and the interval maps; their run.json entries."""
+    n = result.num_samples
+    std_map = out_dir / f"{name}_std.png"
+    std = result.std.mean(0)  # (H, W): the mean of the R, G, B stds
+    save_heatmap(std, std_map, label=f"std over {n} samples (0-1 scale)",
+                 title=f"{name}: per-pixel std of {n} samples ({result.plan.stages})")
+    return {"std_map": str(std_map),
+            "std_data": _map_data(std, out_dir / f"{name}_std.tiff", "std"),
+            "std_mean": round(float(result.std.mean()), 6),
+            "interval": _interval_maps(result, kept, alpha, out_dir, name)}
 
 
 def quantile_width(samples: list[torch.Tensor], alpha: float, rows: int = 128) -> torch.Tensor:
