@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from cascade.diffusion.process import ProcessConfig, augment_condition, predict_x0
 from cascade.errors import ConfigError
+from cascade.progress import nested_bar
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 
@@ -109,8 +109,8 @@ def sample(unet, cond: torch.Tensor, lr: torch.Tensor, *, process: ProcessConfig
     fn = denoise_fn or unet
     extra = {"eta": eta} if sampler == "ddim" else {}
     noise_gen = generators if sampler in ("ddpm", "ddim") else None
-    for t in tqdm(sched.timesteps, desc=desc or f"{sampler} {steps} steps",
-                  disable=not progress, leave=False, dynamic_ncols=True):
+    for t in nested_bar(sched.timesteps, desc=desc or f"{sampler} {steps} steps",
+                        disable=not progress):
         tt = torch.full((B,), int(t), device=cond.device, dtype=torch.long)
         out = fn(sched.scale_model_input(r, t), cond_in, tt, level)
         x0 = cond + predict_x0(out.float(), r, tt, alphas_cumprod, process.prediction_type) / rs

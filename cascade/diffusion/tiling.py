@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from cascade.progress import nested_bar
 
 __all__ = ["GlobalGroupNorm", "TileConfig", "TiledDenoiser", "auto_tiling", "blend_window",
            "border_lines", "fit_tile", "layout", "seam_ratio", "tile_starts"]
@@ -281,8 +282,8 @@ class TiledDenoiser:
         passes = [("collect", self._sampled(tiles)), ("apply", tiles)] if self.global_norm \
             else [(None, tiles)]
         out = torch.zeros_like(r_t)  # (B, 3, H, W): blended network output
-        bar = tqdm(total=sum(len(ts) for _, ts in passes), desc="tiles", unit="tile",
-                   leave=False, disable=not self.progress, dynamic_ncols=True)
+        bar = nested_bar(total=sum(len(ts) for _, ts in passes), desc="tiles", unit="tile",
+                         disable=not self.progress)
         with bar, GlobalGroupNorm(self.unet) if self.global_norm else nullcontext() as norm:
             for mode, todo in passes:
                 if norm is not None:

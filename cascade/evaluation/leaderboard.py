@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import os
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,13 @@ from typing import Any
 from cascade.atomic import atomic_write_text
 from cascade.errors import CascadeError
 from cascade.evaluation.run import format_value, summarize
-from cascade.scales import format_scale
 from cascade.evaluation.store import ResultsStore
 from cascade.evaluation.sweep import variant_labels
+from cascade.scales import format_scale
+
+# Why pd_plot.png may be missing (printed in one line when it is).
+NO_PD_PLOT = ("no dataset x scale has a perception metric (LPIPS or SWD) for every "
+              "complete row; evaluate with metrics lpips or swd to draw it")
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,8 @@ def write_leaderboard(results_dir: str | os.PathLike, *, out: str | os.PathLike 
     plot = pd_plot(secs, dest / "pd_plot.png", x=pd_x)
     if plot is not None:
         written.append(plot)
+    else:  # say why, in one line, rather than leave the plot out silently
+        print(f"leaderboard: no pd_plot.png: {NO_PD_PLOT}", file=sys.stderr)
     page = dest / "leaderboard.html"
     atomic_write_text(page, html_page(secs, src, plot, sort=sort, note=_note(secs), image=image))
     return [*written, page]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from cascade.progress import nested_bar
 
 __all__ = ["DECODE_CHUNK", "decode_chunks", "lainr_resample", "lattice_coords"]
 
@@ -43,8 +44,7 @@ def decode_chunks(model, latents, coord: Tensor, cell: Tensor, batch: int, size:
     q = coord.shape[0]
     starts = range(0, q, chunk)
     if progress:
-        starts = tqdm(starts, desc="lainr", unit="chunk", leave=False, delay=3,
-                      disable=q <= chunk, dynamic_ncols=True)
+        starts = nested_bar(starts, desc="lainr", unit="chunk", delay=3, disable=q <= chunk)
     parts = [model.decode(latents, coord[i:i + chunk].expand(batch, -1, -1),
                           cell[i:i + chunk].expand(batch, -1, -1)) for i in starts]
     return torch.cat(parts, dim=1).transpose(1, 2).reshape(batch, 3, *size)

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cascade.data.io import load_image
 from cascade.errors import CascadeError, CheckpointError, ScaleError
@@ -44,6 +43,7 @@ from cascade.pipeline.folder import (
 from cascade.pipeline.output import CascadeOutput
 from cascade.pipeline.plan import Plan, make_plan, target_size
 from cascade.pipeline.stages import DiffusionStage, resample
+from cascade.progress import nested_bar
 from cascade.seeding import generator_for
 from cascade.uncertainty import RunningMoments
 
@@ -281,8 +281,8 @@ class CascadePipeline:
         cond0 = run.timed(f"{step0.stage}.conditioning", first.condition, x, step0.out_size,
                           run.progress)
         moments = RunningMoments()
-        with tqdm(total=n, desc=f"samples ({plan.stages})", unit="sample", leave=False,
-                  disable=not run.progress, dynamic_ncols=True) as bar:  # closed on errors too
+        with nested_bar(total=n, desc=f"samples ({plan.stages})", unit="sample",
+                        disable=not run.progress) as bar:  # closed on errors too
             for start in range(0, n, rows):
                 batch = list(range(start, min(n, start + rows)))
                 y = x.expand(len(batch), -1, -1, -1)
