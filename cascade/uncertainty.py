@@ -1,6 +1,6 @@
 """Uncertainty from N samples: spread, intervals, conformal calibration and its scores.
 
-Pure functions on tensors (DESIGN.md sections 1.3 and 5), used by the pipeline and by
+Pure functions on tensors (docs/pipeline.md, "Uncertainty and calibration"), used by the pipeline and by
 ``cascade calibrate``:
 
 * ``RunningMoments``: the per-pixel mean and std of samples as they arrive (Welford), so

@@ -2,8 +2,8 @@
 
 A diffusion stage is conditioned on its LR input brought to the output size by one of
 these: the trained LAINR stage (frozen) or MATLAB bicubic (the ablation and the fallback
-before a LAINR checkpoint exists). This module is where the stages meet (DESIGN.md section
-3: stages never import each other); the diffusion network and process never import it.
+before a LAINR checkpoint exists). This module is where the stages meet (the stages never
+import each other, docs/architecture.md); the diffusion network and process never import it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The degradation operator D: MATLAB-compatible bicubic resize with anti-aliasing.
 
 One operator makes the LR data, the diffusion stages' consistency loss and the
-``lr_psnr`` metric (DESIGN.md section 4), so it is written once, here, on torch tensors:
+``lr_psnr`` metric (docs/data.md, docs/evaluation.md), so it is written once, here, on torch tensors:
 any leading batch dimensions, differentiable, any real scale or an exact output size.
 
 It follows MATLAB's ``imresize(..., 'bicubic')`` (Keys cubic with a = -0.5; when shrinking

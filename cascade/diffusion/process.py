@@ -1,7 +1,7 @@
 """The diffusion process of a super-resolution stage, separate from the network.
 
 The process runs on the *residual* ``r = (x_hr - c) * residual_scale`` over the upsampled
-conditioning image ``c = U(x_lr)`` (DESIGN.md section 4): the network only has to add the
+conditioning image ``c = U(x_lr)`` (docs/diffusion.md): the network only has to add the
 detail the conditioning lacks, and ``residual_scale`` brings that small residual (std of a
 few hundredths) to the unit-ish variance the noise schedule is designed for.
 

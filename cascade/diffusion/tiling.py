@@ -50,10 +50,10 @@ def auto_tiling(cfg: TileConfig, device: torch.device, multiple: int) -> tuple[i
     """(tile, overlap, untiled pixels) for ``cfg`` on ``device``, the sizes rounded to
     ``multiple``; tile 0 = never tile.
 
-    CPU defaults: the x2 UNet ran at 0.067 / 0.053 / 0.028 MP/s on 128 / 256 / 512 px
-    squares on the 2-core machine (cache effects), so tiles of 256 with a 32 px overlap cost
-    about what the whole image costs and bound the memory; calls up to 0.5 MP (an output of
-    about 700 x 700 per sample) run whole, where no tiling effect can arise at all.
+    CPU defaults: tiles of 256 with a 32 px overlap cost about what the whole image costs
+    (the network is faster on smaller squares, docs/architecture.md) and bound the memory;
+    calls up to 0.5 MP (an output of about 700 x 700 per sample) run whole, where no tiling
+    effect can arise at all.
     """
     if cfg.tile < 0:
         return 0, 0, 0

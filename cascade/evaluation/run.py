@@ -1,6 +1,6 @@
 """Run methods x settings x datasets x scales over every image and record metrics.
 
-The protocol is DESIGN.md section 5: HR is cropped so its size is an exact multiple of the
+The protocol (docs/evaluation.md): HR is cropped so its size is an exact multiple of the
 LR size (``cascade.data.degrade.crop_to_scale``), LR = D(HR) rounded to uint8, each method
 upsamples LR to exactly the HR size, metrics compare rounded outputs. Rows go to
 ``results.jsonl`` as they finish; rows already there are skipped (resume). FID and KID score
@@ -245,8 +245,7 @@ def write_summary(summary: list[dict[str, Any]], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-# How each metric is printed (digits), and which way is better (+1 higher, -1 lower,
-# 0 closest to 1); shared by the printed table and the leaderboard.
+# How each metric is printed (digits); shared by the printed table and the leaderboard.
 FORMATS = {"psnr": "{:.2f}", "ssim": "{:.4f}", "lr_psnr": "{:.2f}", "lpips": "{:.4f}",
            "fid": "{:.2f}", "kid": "{:.4f}", "swd": "{:.2f}", "hf_ratio": "{:.3f}",
            "seconds": "{:.3f}"}

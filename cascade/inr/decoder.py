@@ -1,6 +1,6 @@
 """The locality-aware LAINR decoder: colour at any coordinate from nearby latent tokens.
 
-For each query coordinate x (DESIGN.md section 4; Lee et al. 2023, "Locality-Aware
+For each query coordinate x (docs/lainr.md; Lee et al. 2023, "Locality-Aware
 Generalizable Implicit Neural Representation"):
 
 1. gather the ``n x n`` latent tokens nearest to x (a window of the latent grid);
@@ -18,7 +18,7 @@ the Fourier features, so nothing depends on the image size, and a frequency ``w`
 period of ``32 / w`` LR pixels: ``sigma_q = 16`` reaches the LR Nyquist period (2 px),
 ``sigma_l = 32`` the x2 HR Nyquist (1 px), ``128`` the x8 HR Nyquist (0.25 px); the lowest
 frequency (1) has a 32 px period, longer than any window, so offsets are never ambiguous.
-The 16 is the half-width of the 32x32 images the seed experiment tuned these sigmas on.
+The 16 is the half-width of the 32x32 images these sigmas were first tuned on.
 Cells (``cell``, the HR pixel size) are converted to LR pixels too: ``1/scale`` per axis.
 
 Cost. Each query reads ``n * n`` tokens whatever the image size: the per-query cost and

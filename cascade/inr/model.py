@@ -1,8 +1,8 @@
 """LAINR: Mamba encoder + locality-aware decoder, predicting a residual over bicubic.
 
 ``rgb(x) = bicubic(lr)(x) + decoder(latents, x, cell)``: the decoder's RGB heads start at
-zero, so an untrained model is exactly bicubic and training can only add to it (the
-compute budget of DESIGN.md section 4 buys few steps on a CPU).
+zero, so an untrained model is exactly bicubic and training can only add to it (a CPU
+training budget buys few steps, docs/lainr.md).
 """
 
 from __future__ import annotations

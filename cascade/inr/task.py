@@ -2,8 +2,8 @@
 
 Each batch draws one scale s ~ U(scale_min, scale_max), 48x48 LR crops and HR crops of
 48*s pixels, and a random subset of HR pixel centres, jittered inside their cell anew for
-every batch (DESIGN.md section 1: both the missing multi-scale supervision and the
-once-per-epoch jitter were why the seed experiment only resampled).
+every batch: without multi-scale supervision and fresh jitter a LAINR learns little
+beyond resampling (docs/lainr.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fidelity metrics: PSNR, SSIM and LR-consistency, exactly as BasicSR computes them.
 
-Protocol (DESIGN.md section 5): images are rounded to the uint8 grid, ``crop_border``
+Protocol (docs/evaluation.md): images are rounded to the uint8 grid, ``crop_border``
 pixels are cut from each side (``ceil(scale)`` by default), and the score is taken on the
 Y channel of BT.601 limited-range YCbCr (``y_channel=False`` scores RGB). All arithmetic is
 float64; every function returns one value per image, shape (B,).

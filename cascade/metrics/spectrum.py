@@ -1,4 +1,5 @@
-"""Power spectra of image luma: the spectral diagnostic of DESIGN.md section 1.
+"""Power spectra of image luma: how much high-frequency detail an output has
+(the ``hf_ratio`` metric, docs/evaluation.md).
 
 The spectrum is a Hann-windowed periodogram of the mean-removed luma, normalized so that
 its mean over all frequency bins is the (windowed) variance of the image (Parseval). Energy
