@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cascade.choices import OUTPUTS, SAMPLERS, STAGE_CHOICES
 from cascade.errors import CascadeError, os_error_message
 
 
@@ -142,7 +143,7 @@ def _add_sampling_flags(p, default_samples: int) -> None:
     p.add_argument("--samples", dest="num_samples", type=int,
                    help=f"N samples (default {default_samples})")
     p.add_argument("--steps", type=int, help="sampler steps (default: the stage's)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"])
+    p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--projection", type=float, help="consistency projection w in [0, 1]")
     p.add_argument("--seed", type=int, help="sample i uses seed (SEED, i) (default 0)")
 
@@ -157,7 +158,7 @@ def _add_upscale(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--scale", help="any real scale >= 1, e.g. 4 or 2.5")
     p.add_argument("--size", help="exact output size WIDTHxHEIGHT")
-    p.add_argument("--stages", choices=["auto", "inr", "inr+1", "inr+2", "bicubic"],
+    p.add_argument("--stages", choices=STAGE_CHOICES,
                    help="auto (default): every stage the pipeline has; inr: LAINR only; "
                         "inr+1 / inr+2: LAINR and one / two x2 diffusion stages; bicubic: "
                         "the baseline")
@@ -167,7 +168,7 @@ def _add_upscale(sub) -> None:
     p.add_argument("--checkpoint", help="LAINR checkpoint folder replacing the pipeline's "
                                         "(with --stages auto: LAINR only)")
     _add_sampling_flags(p, default_samples=1)
-    p.add_argument("--output", choices=["mean", "sample"],
+    p.add_argument("--output", choices=OUTPUTS,
                    help="what NAME_x{S}.png holds: the mean of the samples (default) or the "
                         "first sample")
     p.add_argument("--config", help="YAML pipeline settings (configs/pipeline.yaml)")

@@ -29,9 +29,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from cascade import choices
 from cascade.errors import CascadeError, ConfigError, ImageError
 
-STAGE_CHOICES = ("auto", "inr", "inr+1", "inr+2")
+# the --stages values the app offers (its comparisons include bicubic already)
+STAGE_CHOICES = tuple(s for s in choices.STAGE_CHOICES if s != "bicubic")
 MAP_KINDS = ("std", "interval")
 BUILTIN_CROP, BUILTIN_FACTOR = 256, 4  # built-in photos: centre crop, then downscaled by this
 

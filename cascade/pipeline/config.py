@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
+from cascade.choices import OUTPUTS, SAMPLERS, STAGE_CHOICES
 from cascade.diffusion.tiling import TileConfig
 from cascade.errors import CheckpointError, ConfigError
 from cascade.inr.lattice import DECODE_CHUNK
@@ -20,9 +21,6 @@ __all__ = ["KNOBS", "OUTPUTS", "SAMPLERS", "STAGE_CHOICES", "PipelineConfig", "S
            "check_settings", "config_from", "merge_settings", "rows_per_batch",
            "settings_dict", "stage_knobs", "stages_needed"]
 
-STAGE_CHOICES = ("auto", "inr", "inr+1", "inr+2", "bicubic")
-OUTPUTS = ("mean", "sample")
-SAMPLERS = ("ddpm", "ddim", "dpm")
 # The sampler knobs of a diffusion stage (``cascade.diffusion.sampling.SamplingConfig``).
 KNOBS = ("sampler", "steps", "eta", "temperature", "aug_level", "projection")
 
