@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -41,13 +40,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cascade.atomic import atomic_write_text, fsync_dir, fsync_tree, writable_dir
-from cascade.checkpoint import checksum_problem, file_checksums, save_checkpoint
+from cascade.atomic import writable_dir
 from cascade.config import load_config, save_config
 from cascade.errors import CascadeError, CheckpointError, ConfigError, os_error_message
 from cascade.registry import TASKS
+from cascade.training_checkpoints import (  # noqa: F401  (checkpoint_problem: its old home)
+    STATE_FILE,
+    STEP_DIR,
+    checkpoint_problem,
+    list_checkpoints,
+    resolve_resume,
+    write_checkpoint,
+)
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 class Task(Protocol):
@@ -113,65 +118,6 @@ def lr_lambda(cfg) -> Any:
     return f
 
 
-# -- checkpoints -----------------------------------------------------------------------------
-
-def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
-    """Complete training checkpoints under OUT/checkpoints, oldest first."""
-    root = out / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = STEP_DIR.match(p.name)
-        if m and (p / "trainer_state.json").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-STATE_FILE = "trainer_state.json"
-
-
-def checkpoint_problem(path: Path, stage: str | None = None) -> str | None:
-    """None if the training checkpoint at ``path`` is whole (every file matches the checksum
-    in trainer_state.json) and of ``stage``; else what is wrong with it."""
-    try:
-        state = json.loads((path / STATE_FILE).read_text())
-        int(state["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{STATE_FILE} is unreadable"
-    if stage is not None and state.get("stage", stage) != stage:
-        return f"it is a {state['stage']!r} checkpoint, not {stage!r}"
-    # Checkpoints written before checksums were added have no "files": trusted as they are.
-    return checksum_problem(path, state.get("files", {}))
-
-
-def resolve_resume(out: Path, resume: str, stage: str | None = None) -> Path | None:
-    """The checkpoint to resume from: ``auto`` = the newest whole one (a corrupt one is
-    skipped with a warning), ``none``, or a ``step_N`` folder (which must be whole)."""
-    if resume in ("", "none", "no", "false", "False"):
-        return None
-    if resume == "auto":
-        ckpts = list_checkpoints(out)
-        for _, p in reversed(ckpts):
-            problem = checkpoint_problem(p, stage)
-            if problem is None:
-                return p
-            warnings.warn(f"skipping checkpoint {p}: {problem}", stacklevel=2)
-        if ckpts:
-            raise CheckpointError(f"no usable checkpoint in {out / 'checkpoints'} (see the "
-                                  "warnings above); remove them, or resume=none to start over")
-        return None
-    p = Path(resume)
-    if not (p / STATE_FILE).is_file():
-        raise CheckpointError(f"resume={resume!r} is not a training checkpoint folder "
-                              "(expected OUT/checkpoints/step_N); use resume=auto")
-    problem = checkpoint_problem(p, stage)
-    if problem:
-        raise CheckpointError(f"cannot resume from {p}: {problem}; pass another checkpoint "
-                              "or resume=auto")
-    return p
-
-
 def _precision(requested: str) -> str:
     """train.mixed_precision, where ``auto`` is float32 on a CPU (its bf16 matmuls are far
     slower) and on CUDA the launcher's choice (``accelerate launch`` sets it from its config)
@@ -215,19 +161,81 @@ def init_weights(model: torch.nn.Module, folder: str, stage: str) -> None:
 
 
 @dataclass
+class _Session:
+    """What one training run holds from step to step."""
+
+    accelerator: Any
+    task: Any
+    model: Any  # as accelerate prepared it (wrapped for several processes)
+    raw: Any  # the model itself
+    optimizer: Any
+    scheduler: Any  # stepped by hand once per optimizer step
+    ema: Any
+    out: Path
+    precision: str
+    step: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+@dataclass
 class Trainer:
     cfg: DictConfig
 
     def run(self) -> Path:
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-        from diffusers.training_utils import EMAModel
-
         cfg, loop = self.cfg, self.cfg.train
         start = resolve_resume(Path(cfg.out), cfg.resume, cfg.stage)  # before writing anything
         out = writable_dir(cfg.out, "choose a writable out=FOLDER")
         if loop.threads:
             torch.set_num_threads(loop.threads)
+        s = self._setup(out, fresh=start is None)
+        if start is not None:
+            self._resume(s, start)
+        self._announce(s)
+        bar = tqdm(total=loop.steps, initial=s.step, desc=f"train {cfg.stage}",
+                   disable=not s.main, dynamic_ncols=True)
+        nonfinite, t_last, seen = 0, time.perf_counter(), 0
+        # Clip at train.grad_clip, or only measure (max_norm=inf scales by exactly 1): a
+        # non-finite gradient norm skips the step like a non-finite loss. (fp16's scaler
+        # handles overflow itself.)
+        clip = loop.grad_clip if loop.grad_clip > 0 else math.inf
+        s.model.train()
+        while s.step < loop.steps:
+            logs, skipped = self._step(s, clip)
+            seen += loop.batch_size * loop.grad_accum
+            if skipped:
+                nonfinite += 1
+                self._skip(s, nonfinite, bar)
+            else:
+                nonfinite = 0
+                s.ema.step(s.raw.parameters())
+            s.scheduler.step()
+            s.step += 1
+            bar.update()
+            if s.main and (s.step % loop.log_every == 0 or s.step == loop.steps):
+                dt = time.perf_counter() - t_last
+                logs.update(lr=s.scheduler.get_last_lr()[0], samples_per_s=seen / max(dt, 1e-9))
+                t_last, seen = time.perf_counter(), 0
+                s.accelerator.log(logs, step=s.step)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "lr")})
+            if loop.val_every and (s.step % loop.val_every == 0 or s.step == loop.steps):
+                self._validate(s.accelerator, s.task, s.raw, s.ema, s.step)
+            if s.step % loop.ckpt_every == 0 or s.step == loop.steps:
+                self._checkpoint(s.accelerator, s.raw, s.ema, s.step)
+        bar.close()
+        s.accelerator.end_training()
+        return out / "model"
+
+    def _setup(self, out: Path, fresh: bool) -> _Session:
+        """Processes, seed, model (``train.init`` weights for a fresh run), optimizer,
+        schedule and EMA, prepared by accelerate."""
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from diffusers.training_utils import EMAModel
+
+        cfg, loop = self.cfg, self.cfg.train
         mp = _precision(loop.mixed_precision)
         # Without CUDA, accelerate only forms a process group (gloo) when told it is on a
         # CPU; otherwise every torchrun process would silently train a model of its own.
@@ -244,7 +252,7 @@ class Trainer:
                 shutil.rmtree(stale, ignore_errors=True)
         task = TASKS.get(cfg.stage)(cfg)
         model = task.build_model()
-        if loop.init and start is None:  # a resumed run has its own weights
+        if loop.init and fresh:  # a resumed run has its own weights
             init_weights(model, loop.init, cfg.stage)
             if main:
                 print(f"train: weights from {loop.init} (train.init)", file=sys.stderr)
@@ -258,95 +266,79 @@ class Trainer:
         ema = EMAModel(raw.parameters(), decay=loop.ema_decay)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(scheduler, ema)
+        return _Session(accelerator, task, model, raw, optimizer, scheduler, ema, out, mp)
 
-        step = 0
-        if start is not None:
-            state = json.loads((start / STATE_FILE).read_text())
-            try:
-                accelerator.load_state(str(start))
-            except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:
-                raise CheckpointError(f"cannot resume from {start}: {str(e).splitlines()[0]}; "
-                                      "use the config it was trained with, or resume=none")
-            step = int(state["step"])
-            if main:
-                was = state.get("processes", accelerator.num_processes)
-                print(f"train: resumed from {start} at step {step}"
-                      + (f" (written by {was} processes)" if was != accelerator.num_processes
-                         else ""), file=sys.stderr)
-        if main:
-            save_config(cfg, out / "config.yaml")
-        accelerator.init_trackers(cfg.stage, config=_flat_scalars(cfg))
-        n_params = sum(p.numel() for p in raw.parameters())
-        if main:
-            eff = loop.batch_size * loop.grad_accum * accelerator.num_processes
-            print(f"train: stage={cfg.stage} params={n_params:,} device={accelerator.device} "
-                  f"precision={mp} processes={accelerator.num_processes} "
+    def _resume(self, s: _Session, start: Path) -> None:
+        """Continue from the checkpoint folder ``start``: weights, optimizer, schedule, EMA
+        and the step count."""
+        state = json.loads((start / STATE_FILE).read_text())
+        try:
+            s.accelerator.load_state(str(start))
+        except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:
+            raise CheckpointError(f"cannot resume from {start}: {str(e).splitlines()[0]}; "
+                                  "use the config it was trained with, or resume=none")
+        s.step = int(state["step"])
+        if s.main:
+            was = state.get("processes", s.accelerator.num_processes)
+            print(f"train: resumed from {start} at step {s.step}"
+                  + (f" (written by {was} processes)" if was != s.accelerator.num_processes
+                     else ""), file=sys.stderr)
+
+    def _announce(self, s: _Session) -> None:
+        """The run's config beside it, the trackers, and one line on what trains how."""
+        cfg, loop, acc = self.cfg, self.cfg.train, s.accelerator
+        if s.main:
+            save_config(cfg, s.out / "config.yaml")
+        acc.init_trackers(cfg.stage, config=_flat_scalars(cfg))
+        n_params = sum(p.numel() for p in s.raw.parameters())
+        if s.main:
+            eff = loop.batch_size * loop.grad_accum * acc.num_processes
+            print(f"train: stage={cfg.stage} params={n_params:,} device={acc.device} "
+                  f"precision={s.precision} processes={acc.num_processes} "
                   f"batch={loop.batch_size}x{loop.grad_accum} accum -> effective {eff}",
                   file=sys.stderr)
-            accelerator.log({"effective_batch_size": eff, "grad_accum": loop.grad_accum}, step=step)
+            acc.log({"effective_batch_size": eff, "grad_accum": loop.grad_accum}, step=s.step)
 
-        bar = tqdm(total=loop.steps, initial=step, desc=f"train {cfg.stage}", disable=not main,
-                   dynamic_ncols=True)
-        nonfinite, t_last, seen = 0, time.perf_counter(), 0
-        # Clip at train.grad_clip, or only measure (max_norm=inf scales by exactly 1): a
-        # non-finite gradient norm skips the step like a non-finite loss. (fp16's scaler
-        # handles overflow itself.)
-        clip = loop.grad_clip if loop.grad_clip > 0 else math.inf
-        model.train()
-        while step < loop.steps:
-            logs: dict[str, float] = {}
-            skipped = False
-            for micro in range(loop.grad_accum):
-                batch = task.batch(step, micro, accelerator.process_index, accelerator.device)
-                with accelerator.accumulate(model), accelerator.autocast():
-                    loss, logs = task.loss(model, batch)
-                    if not _all_finite(accelerator, loss):
-                        skipped = True
-                    else:
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients:
-                            norm = float(accelerator.clip_grad_norm_(model.parameters(), clip))
-                            logs["grad_norm"] = norm
-                            if not math.isfinite(norm) and accelerator.scaler is None:
-                                skipped = True
-                        if not skipped:
-                            optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                seen += loop.batch_size
-            if skipped:
-                optimizer.zero_grad(set_to_none=True)
-                nonfinite += 1
-                warnings.warn(f"step {step + 1}: non-finite loss or gradient, step skipped "
-                              f"({nonfinite}/{loop.max_nonfinite} in a row)", stacklevel=1)
-                if nonfinite >= loop.max_nonfinite:
-                    # Skipped steps leave the weights as they were, so every checkpoint
-                    # written so far holds finite weights; none is removed.
-                    bar.close()
-                    accelerator.end_training()
-                    last = list_checkpoints(out)
-                    where = f"{last[-1][1]} (resume=auto continues from it)" if last else "none"
-                    raise CascadeError(f"training stopped at step {step + 1}: {nonfinite} "
-                                       f"non-finite losses in a row; last good checkpoint: "
-                                       f"{where}; lower train.lr or check the data")
-            else:
-                nonfinite = 0
-                ema.step(raw.parameters())
-            scheduler.step()
-            step += 1
-            bar.update()
-            if main and (step % loop.log_every == 0 or step == loop.steps):
-                dt = time.perf_counter() - t_last
-                logs.update(lr=scheduler.get_last_lr()[0], samples_per_s=seen / max(dt, 1e-9))
-                t_last, seen = time.perf_counter(), 0
-                accelerator.log(logs, step=step)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "lr")})
-            if loop.val_every and (step % loop.val_every == 0 or step == loop.steps):
-                self._validate(accelerator, task, raw, ema, step)
-            if step % loop.ckpt_every == 0 or step == loop.steps:
-                self._checkpoint(accelerator, raw, ema, step)
-        bar.close()
-        accelerator.end_training()
-        return out / "model"
+    def _step(self, s: _Session, clip: float) -> tuple[dict[str, float], bool]:
+        """One optimizer step over ``grad_accum`` micro-batches: (the logs, whether it was
+        skipped for a non-finite loss or gradient norm)."""
+        acc, loop = s.accelerator, self.cfg.train
+        logs: dict[str, float] = {}
+        skipped = False
+        for micro in range(loop.grad_accum):
+            batch = s.task.batch(s.step, micro, acc.process_index, acc.device)
+            with acc.accumulate(s.model), acc.autocast():
+                loss, logs = s.task.loss(s.model, batch)
+                if not _all_finite(acc, loss):
+                    skipped = True
+                else:
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        norm = float(acc.clip_grad_norm_(s.model.parameters(), clip))
+                        logs["grad_norm"] = norm
+                        if not math.isfinite(norm) and acc.scaler is None:
+                            skipped = True
+                    if not skipped:
+                        s.optimizer.step()
+                    s.optimizer.zero_grad(set_to_none=True)
+        return logs, skipped
+
+    def _skip(self, s: _Session, nonfinite: int, bar) -> None:
+        """A skipped step: warn; stop after ``max_nonfinite`` in a row."""
+        loop = self.cfg.train
+        s.optimizer.zero_grad(set_to_none=True)
+        warnings.warn(f"step {s.step + 1}: non-finite loss or gradient, step skipped "
+                      f"({nonfinite}/{loop.max_nonfinite} in a row)", stacklevel=1)
+        if nonfinite >= loop.max_nonfinite:
+            # Skipped steps leave the weights as they were, so every checkpoint
+            # written so far holds finite weights; none is removed.
+            bar.close()
+            s.accelerator.end_training()
+            last = list_checkpoints(s.out)
+            where = f"{last[-1][1]} (resume=auto continues from it)" if last else "none"
+            raise CascadeError(f"training stopped at step {s.step + 1}: {nonfinite} "
+                               f"non-finite losses in a row; last good checkpoint: "
+                               f"{where}; lower train.lr or check the data")
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -364,35 +356,7 @@ class Trainer:
         tqdm.write("val step {}: {}".format(step, "  ".join(f"{k}={v:.3f}" for k, v in metrics.items())))
 
     def _checkpoint(self, accelerator, raw, ema, step: int) -> None:
-        out = Path(self.cfg.out)
-        final = out / "checkpoints" / f"step_{step:07d}"
-        tmp = final.with_name(final.name + ".tmp")
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            loop = self.cfg.train
-            # Batches are keyed by (seed, step, micro, rank): the step is the sampler position.
-            state = {"step": step, "stage": self.cfg.stage, "seed": loop.seed,
-                     "processes": accelerator.num_processes, "batch_size": loop.batch_size,
-                     "grad_accum": loop.grad_accum,
-                     "files": file_checksums(tmp, skip=(STATE_FILE,))}
-            atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=1) + "\n")
-            fsync_tree(tmp)
-            if final.exists():  # a resumed run reached this step again
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-            for _, old in list_checkpoints(out)[: -loop.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-            # The inference checkpoint: EMA weights + the resolved config.
-            ema.store(raw.parameters())
-            ema.copy_to(raw.parameters())
-            save_checkpoint(out / "model", raw.state_dict(), self.cfg, self.cfg.stage, step)
-            ema.restore(raw.parameters())
-        accelerator.wait_for_everyone()
+        write_checkpoint(accelerator, raw, ema, step, self.cfg)
 
 
 def _flat_scalars(cfg: DictConfig) -> dict[str, Any]:
