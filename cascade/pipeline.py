@@ -743,18 +743,12 @@ def lattice_coords(count: tuple[int, int], virtual: tuple[float, float], device=
 def lainr_resample(model, lr: Tensor, count: tuple[int, int], virtual: tuple[float, float],
                    chunk: int = DECODE_CHUNK, progress: bool = False) -> Tensor:
     """LAINR at the pixel centres of ``lattice_coords(count, virtual)``: (B, 3, *count).
-    Encodes once and decodes ``chunk`` queries at a time (bounded memory)."""
-    latents = model.encode(lr)
-    B = lr.shape[0]
-    coord, cell = lattice_coords(count, virtual, lr.device, lr.dtype)
-    q = coord.shape[0]
-    parts = []
-    # shown only when decoding takes more than a few seconds (delay): no bar per sample
-    for i in tqdm(range(0, q, chunk), desc="lainr", unit="chunk", leave=False, delay=3,
-                  disable=not progress or q <= chunk, dynamic_ncols=True):
-        parts.append(model.decode(latents, coord[i:i + chunk].expand(B, -1, -1),
-                                  cell[i:i + chunk].expand(B, -1, -1)))
-    return torch.cat(parts, dim=1).transpose(1, 2).reshape(B, 3, *count)
+    Encodes once and decodes about ``chunk`` queries at a time (bounded memory) with the
+    lattice decoder (``LAINR.decode_grid``)."""
+    from cascade.inr.lattice import lattice_axes
+
+    ys, xs, cell = lattice_axes(count, virtual, lr.device, lr.dtype)
+    return model.decode_grid(model.encode(lr), ys, xs, cell, chunk, progress)
 
 
 def _condition(stage, x: Tensor, size: tuple[int, int], progress: bool) -> Tensor:
