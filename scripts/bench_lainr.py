@@ -1,12 +1,15 @@
 """LAINR speed on this machine: training samples/s and inference megapixels/s, one table each.
 
 Training: one optimizer step (forward, L1 loss, backward, AdamW) on a batch of random-scale
-48x48 LR crops from the built-in photos, default config. Inference: ``LAINR.upscale`` of an
-LR crop of chelsea to x2 / x4 next to the bicubic baseline (``imresize``) on the same input.
-Weights do not change the speed, so the shipped checkpoint is used when present and a
-freshly built model otherwise.
+48x48 LR crops from the built-in photos, default config. Inference: ``LAINR.upscale`` (the
+lattice decoder) of an LR crop of chelsea to x2 / x4, next to the per-query reference path
+(``LAINR.upscale_reference``, at the default chunk and at the old 65536) and the bicubic
+baseline (``imresize``) on the same input. Each row gives the FLOPs the path executes
+(``torch.utils.flop_counter``), its GFLOP/s and their share of the machine's float32 matmul
+peak, measured in the same run (a 2048^3 matmul). Weights do not change the speed, so the
+shipped checkpoint is used when present and a freshly built model otherwise.
 
-    python scripts/bench_lainr.py [--checkpoint checkpoints/lainr] [--repeats 3]
+    python scripts/bench_lainr.py [--checkpoint checkpoints/lainr] [--repeats 3] [--no-train]
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from cascade.benchmark import median_time
 
 
 def main() -> None:
-    from cascade.data.datasets import RandomScalePatches, resolve_dataset
-    from cascade.data.degrade import imresize
     from cascade.inr.model import LAINR, LAINRConfig
     from cascade.paths import resolve_repo_path
 
@@ -30,6 +31,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--queries", type=int, default=1024)
+    ap.add_argument("--no-train", dest="train", action="store_false",
+                    help="only the inference table")
+    ap.add_argument("--sides", type=lambda v: [int(x) for x in v.split(",")], default=[64, 128],
+                    help="LR crop sides (default 64,128)")
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -44,7 +49,14 @@ def main() -> None:
     print(f"LAINR ({source}): {n_params:,} parameters, {torch.get_num_threads()} threads, "
           f"device cpu, float32\n")
 
-    # -- training ----------------------------------------------------------------------
+    if args.train:
+        train_table(model, args)
+    inference_table(model, args)
+
+
+def train_table(model, args) -> None:
+    from cascade.data.datasets import RandomScalePatches, resolve_dataset
+
     images = [d["image"] for d in (resolve_dataset("builtin", split="train")[i] for i in range(4))]
     sampler = RandomScalePatches(images, queries=args.queries)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -66,23 +78,52 @@ def main() -> None:
     for r in rows:
         print(f"{r[0]:>6} {r[1]:>6} {r[2]:>8} {r[3]:>8.3f} {r[4]:>10.1f}")
 
-    # -- inference ---------------------------------------------------------------------
+
+def count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(repeats: int) -> float:
+    """float32 GFLOP/s of one 2048^3 matmul on this machine, now."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    t = median_time(lambda: a @ b, repeats)
+    return 2 * 2048**3 / t / 1e9
+
+
+def inference_table(model, args) -> None:
+    from cascade.data.datasets import resolve_dataset
+    from cascade.data.degrade import imresize
+    from cascade.inr.model import DECODE_CHUNK
+
     img = resolve_dataset("builtin")[0]["image"]  # chelsea, held out
-    print("\ninference (LR crop of chelsea; MP/s = output megapixels per second)")
-    print(f"{'input':>8} {'scale':>6} {'output':>10} {'method':>8} {'seconds':>8} {'MP/s':>8} "
-          f"{'vs bicubic':>10}")
+    peak = matmul_peak(args.repeats)
+    print(f"\ninference (LR crop of chelsea; MP/s = output megapixels per second; "
+          f"float32 matmul peak now: {peak:.0f} GFLOP/s)")
+    print(f"{'input':>8} {'scale':>6} {'output':>10} {'method':>16} {'seconds':>8} {'MP/s':>8} "
+          f"{'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>8} {'vs ref':>7}")
     model.eval()
-    for side in (64, 128):
+    for side in args.sides:
         lr = img[None, :, :side, :side].contiguous()
         for s in (2, 4):
             size = (side * s, side * s)
             mp = size[0] * size[1] / 1e6
+            paths = {"bicubic": lambda: imresize(lr, size=size),
+                     "lainr (lattice)": lambda: model.upscale(lr, size),
+                     "lainr (ref 4096)": lambda: model.upscale_reference(lr, size, DECODE_CHUNK),
+                     "lainr (ref 65536)": lambda: model.upscale_reference(lr, size, 65536)}
+            rows = {}
             with torch.no_grad():
-                t_bic = median_time(lambda: imresize(lr, size=size), args.repeats)
-                t_inr = median_time(lambda: model.upscale(lr, size), args.repeats)
-            for name, t in (("bicubic", t_bic), ("lainr", t_inr)):
-                print(f"{side:>4}^2   {'x' + str(s):>6} {size[0]:>5}^2    {name:>8} {t:>8.3f} "
-                      f"{mp / t:>8.3f} {t / t_bic:>9.0f}x")
+                for name, fn in paths.items():
+                    rows[name] = (median_time(fn, args.repeats), count_flops(fn) / 1e9)
+            t_ref = rows["lainr (ref 4096)"][0]
+            for name, (t, gflop) in rows.items():
+                print(f"{side:>4}^2   {'x' + str(s):>6} {size[0]:>5}^2    {name:>16} {t:>8.3f} "
+                      f"{mp / t:>8.3f} {gflop:>7.2f} {gflop / t:>8.1f} {gflop / t / peak:>7.0%} "
+                      f"{t_ref / t:>6.1f}x")
 
 
 if __name__ == "__main__":

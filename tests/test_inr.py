@@ -285,3 +285,38 @@ def test_registry_config_and_errors():
         tiny().upscale(torch.rand(1, 3, 8, 8), (0, 5))
     with pytest.raises(ValueError, match="lr must be"):
         tiny().encode(torch.rand(1, 1, 8, 8))
+
+
+# ------------------------------------------------------------------ the lattice decoder
+
+
+@pytest.mark.parametrize("kw,lr_hw,size", [
+    ({}, (9, 13), (21, 30)),  # x2.3, non-square
+    ({}, (5, 6), (30, 33)),  # a 2 x 2 latent grid: windows with masked repeats
+    ({}, (1, 1), (3, 4)),
+    ({}, (12, 12), (8, 7)),  # downscaling
+    ({"use_cell": False, "local_pixels": 0}, (10, 11), (25, 17)),
+    ({"neighbourhood": 2, "sigma_l": [64.0, 16.0, 4.0]}, (16, 10), (33, 40)),
+    ({"neighbourhood": 5, "local_pixels": 5}, (14, 12), (40, 37)),
+])
+def test_lattice_decoder_matches_the_reference(kw, lr_hw, size):
+    model = tiny(**kw)
+    lr = torch.rand(2, 3, *lr_hw, generator=torch.Generator().manual_seed(3))
+    ref = model.upscale_reference(lr, size)
+    torch.testing.assert_close(model.upscale(lr, size), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.upscale(lr, size, chunk=7), ref, atol=1e-5, rtol=0)
+
+
+def test_lattice_decoder_on_a_virtual_lattice():
+    """The pipeline's LAINR step decodes the first rows/columns of a finer grid."""
+    from cascade.inr.lattice import lattice_axes
+
+    model = tiny()
+    lr = torch.rand(1, 3, 8, 10, generator=torch.Generator().manual_seed(4))
+    ys, xs, cell = lattice_axes((13, 17), (12.5, 16.25))
+    out = model.decode_grid(model.encode(lr), ys, xs, cell, chunk=40)  # (1, 3, 13, 17)
+    coord = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(1, -1, 2)
+    ref = model.decode(model.encode(lr), coord, cell.expand(1, coord.shape[1], 2))
+    torch.testing.assert_close(out, ref.transpose(1, 2).reshape(1, 3, 13, 17), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="chunk"):
+        model.decode_grid(model.encode(lr), ys, xs, cell, chunk=0)
