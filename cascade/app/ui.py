@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from cascade.app.core import (
@@ -55,98 +56,121 @@ def build(engine: Engine) -> gr.Blocks:
         result_state = gr.State(None)
         gr.Markdown("## cascade: upscale to any scale, N samples, where the detail is invented")
         with gr.Row():
-            with gr.Column(scale=1, min_width=320):
-                upload = gr.File(label="image (drop a PNG, JPEG, TIFF, WebP ...)",
-                                 type="filepath", elem_id="upload")
-                photo = gr.Dropdown(builtin_names(), value=None, label="or a built-in photo "
-                                    "(256x256 centre crop, downscaled x4)", elem_id="photo")
-                preview = gr.Image(label="input", interactive=False, height=120,
-                                   format="png", buttons=IMAGE_BUTTONS, elem_id="preview")
-                with gr.Row():
-                    scale = gr.Number(2, label="scale (any real >= 1)", minimum=1,
-                                      elem_id="scale")
-                    size = gr.Textbox("", label="or exact size WIDTHxHEIGHT",
-                                      placeholder="e.g. 640x480 (overrides the scale)",
-                                      elem_id="size")
-                stages = gr.Radio(list(STAGE_CHOICES), value="auto", label="stages "
-                                  "(auto: every x2 stage; inr: LAINR only)", elem_id="stages")
-                with gr.Row():
-                    samples = gr.Slider(1, 16, value=4, step=1, label="samples N",
-                                        elem_id="samples")
-                    steps = gr.Slider(0, 50, value=0, step=1,
-                                      label="steps (0: each stage's default)",
-                                      elem_id="steps")
-                seed = gr.Number(0, label="seed (sample i uses (seed, i))", precision=0,
-                                 minimum=0, elem_id="seed")
-                with gr.Row():
-                    go = gr.Button("Upscale", variant="primary", elem_id="run")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
-            with gr.Column(scale=2, min_width=480):
-                status = gr.Markdown("", elem_id="status")
-                with gr.Tab("result"):
-                    result = gr.Image(label="result (mean of the samples)", type="filepath",
-                                      format="png", interactive=False, buttons=IMAGE_BUTTONS,
-                                      height=VIEW_HEIGHT, elem_id="result")
-                with gr.Tab("compare"):
-                    against = gr.Radio(["bicubic", "LAINR"], value="bicubic",
-                                       label="left of the slider", elem_id="against")
-                    compare = gr.ImageSlider(label="before | after (drag the slider)",
-                                             type="filepath", format="png", height=VIEW_HEIGHT,
-                                             max_height=VIEW_HEIGHT, buttons=IMAGE_BUTTONS,
-                                             elem_id="compare")
-                with gr.Tab("samples"):
-                    gallery = gr.Gallery(label="the samples, one by one", columns=4,
-                                         height=VIEW_HEIGHT,
-                                         preview=True, format="png", elem_id="samples",
-                                         buttons=["download", "download_all", "fullscreen"])
-                with gr.Tab("uncertainty"):
-                    with gr.Row():
-                        which = gr.Radio(list(MAP_KINDS), value="std", label="map",
-                                         elem_id="map")
-                        opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="opacity",
-                                            elem_id="opacity")
-                    shown = gr.Image(label="map over the result", format="png",
-                                     interactive=False, buttons=IMAGE_BUTTONS,
-                                     height=VIEW_HEIGHT, elem_id="overlay")
-                    map_note = gr.Markdown("")
-                plan = gr.Markdown("", elem_id="plan")
-                files = gr.File(label="download: PNGs, samples, maps (float32 TIFF), run.json",
-                                file_count="multiple", interactive=False, elem_id="files")
-
-        upload.change(input_summary, upload, [preview, status], queue=False)
-        photo.change(lambda name: _builtin(engine, name), photo, upload, queue=False)
-
-        def run(path, sc, sz, st, n, k, sd, versus, kind, alpha, request: gr.Request,
-                progress=gr.Progress()):
-            try:
-                req = parse_request(path, sc, sz, n, k, st, sd)
-                res = engine.run(req, report=lambda f, text: progress(f, desc=text),
-                                 owner=_owner(request))
-            except Cancelled as e:
-                return (gr.skip(),) * 8 + (f"stopped: {e}",)
-            except CascadeError as e:
-                return (gr.skip(),) * 8 + (message(e, path),)
-            view, note = _overlay(res, kind, alpha)
-            files_out = [str(p) for p in (res.archive, res.run_json, res.output) if p]
-            return (res, str(res.output), _pair(res, versus), [str(p) for p in res.samples],
-                    view, note, res.summary(), files_out,
-                    f"done: {res.out_size[1]}x{res.out_size[0]} in {res.seconds:.1f} s")
-
-        def halt(request: gr.Request) -> str:
-            stopped = engine.cancel(_owner(request))
-            return "stopping at the next step ..." if stopped else "nothing of yours is running"
-
-        go.click(run, [upload, scale, size, stages, samples, steps, seed, against, which,
-                       opacity],
-                 [result_state, result, compare, gallery, shown, map_note, plan, files, status],
-                 concurrency_limit=1, concurrency_id="upscale", show_progress="full")
-        stop.click(halt, None, status, queue=False)
-        against.change(lambda res, v: _pair(res, v) if res else None, [result_state, against],
-                       compare, queue=False)
-        for control in (which, opacity):
-            control.change(lambda res, k, a: _overlay(res, k, a), [result_state, which, opacity],
-                           [shown, map_note], queue=False)
+            ins = _input_column()
+            outs = _output_column()
+        _wire(engine, ins, outs, result_state)
     return page
+
+
+def _input_column() -> SimpleNamespace:
+    """The left column: the image, the scale or size, the settings, Upscale and Stop."""
+    with gr.Column(scale=1, min_width=320):
+        upload = gr.File(label="image (drop a PNG, JPEG, TIFF, WebP ...)",
+                         type="filepath", elem_id="upload")
+        photo = gr.Dropdown(builtin_names(), value=None, label="or a built-in photo "
+                            "(256x256 centre crop, downscaled x4)", elem_id="photo")
+        preview = gr.Image(label="input", interactive=False, height=120,
+                           format="png", buttons=IMAGE_BUTTONS, elem_id="preview")
+        with gr.Row():
+            scale = gr.Number(2, label="scale (any real >= 1)", minimum=1,
+                              elem_id="scale")
+            size = gr.Textbox("", label="or exact size WIDTHxHEIGHT",
+                              placeholder="e.g. 640x480 (overrides the scale)",
+                              elem_id="size")
+        stages = gr.Radio(list(STAGE_CHOICES), value="auto", label="stages "
+                          "(auto: every x2 stage; inr: LAINR only)", elem_id="stages")
+        with gr.Row():
+            samples = gr.Slider(1, 16, value=4, step=1, label="samples N",
+                                elem_id="samples")
+            steps = gr.Slider(0, 50, value=0, step=1,
+                              label="steps (0: each stage's default)",
+                              elem_id="steps")
+        seed = gr.Number(0, label="seed (sample i uses (seed, i))", precision=0,
+                         minimum=0, elem_id="seed")
+        with gr.Row():
+            go = gr.Button("Upscale", variant="primary", elem_id="run")
+            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+    return SimpleNamespace(upload=upload, photo=photo, preview=preview, scale=scale, size=size,
+                           stages=stages, samples=samples, steps=steps, seed=seed, go=go,
+                           stop=stop)
+
+
+def _output_column() -> SimpleNamespace:
+    """The right column: status, the result, the comparison slider, the samples, the
+    uncertainty maps, the plan and the files to download."""
+    with gr.Column(scale=2, min_width=480):
+        status = gr.Markdown("", elem_id="status")
+        with gr.Tab("result"):
+            result = gr.Image(label="result (mean of the samples)", type="filepath",
+                              format="png", interactive=False, buttons=IMAGE_BUTTONS,
+                              height=VIEW_HEIGHT, elem_id="result")
+        with gr.Tab("compare"):
+            against = gr.Radio(["bicubic", "LAINR"], value="bicubic",
+                               label="left of the slider", elem_id="against")
+            compare = gr.ImageSlider(label="before | after (drag the slider)",
+                                     type="filepath", format="png", height=VIEW_HEIGHT,
+                                     max_height=VIEW_HEIGHT, buttons=IMAGE_BUTTONS,
+                                     elem_id="compare")
+        with gr.Tab("samples"):
+            gallery = gr.Gallery(label="the samples, one by one", columns=4,
+                                 height=VIEW_HEIGHT,
+                                 preview=True, format="png", elem_id="samples",
+                                 buttons=["download", "download_all", "fullscreen"])
+        with gr.Tab("uncertainty"):
+            with gr.Row():
+                which = gr.Radio(list(MAP_KINDS), value="std", label="map",
+                                 elem_id="map")
+                opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="opacity",
+                                    elem_id="opacity")
+            shown = gr.Image(label="map over the result", format="png",
+                             interactive=False, buttons=IMAGE_BUTTONS,
+                             height=VIEW_HEIGHT, elem_id="overlay")
+            map_note = gr.Markdown("")
+        plan = gr.Markdown("", elem_id="plan")
+        files = gr.File(label="download: PNGs, samples, maps (float32 TIFF), run.json",
+                        file_count="multiple", interactive=False, elem_id="files")
+    return SimpleNamespace(status=status, result=result, against=against, compare=compare,
+                           gallery=gallery, which=which, opacity=opacity, shown=shown,
+                           map_note=map_note, plan=plan, files=files)
+
+
+def _wire(engine: Engine, i: SimpleNamespace, o: SimpleNamespace, result_state) -> None:
+    """What the controls do: preview an input, run a job (one at a time), stop it, and
+    redraw the comparison and the map when their controls change."""
+    i.upload.change(input_summary, i.upload, [i.preview, o.status], queue=False)
+    i.photo.change(lambda name: _builtin(engine, name), i.photo, i.upload, queue=False)
+
+    def run(path, sc, sz, st, n, k, sd, versus, kind, alpha, request: gr.Request,
+            progress=gr.Progress()):
+        try:
+            req = parse_request(path, sc, sz, n, k, st, sd)
+            res = engine.run(req, report=lambda f, text: progress(f, desc=text),
+                             owner=_owner(request))
+        except Cancelled as e:
+            return (gr.skip(),) * 8 + (f"stopped: {e}",)
+        except CascadeError as e:
+            return (gr.skip(),) * 8 + (message(e, path),)
+        view, note = _overlay(res, kind, alpha)
+        files_out = [str(p) for p in (res.archive, res.run_json, res.output) if p]
+        return (res, str(res.output), _pair(res, versus), [str(p) for p in res.samples],
+                view, note, res.summary(), files_out,
+                f"done: {res.out_size[1]}x{res.out_size[0]} in {res.seconds:.1f} s")
+
+    def halt(request: gr.Request) -> str:
+        stopped = engine.cancel(_owner(request))
+        return "stopping at the next step ..." if stopped else "nothing of yours is running"
+
+    i.go.click(run, [i.upload, i.scale, i.size, i.stages, i.samples, i.steps, i.seed,
+                     o.against, o.which, o.opacity],
+               [result_state, o.result, o.compare, o.gallery, o.shown, o.map_note, o.plan,
+                o.files, o.status],
+               concurrency_limit=1, concurrency_id="upscale", show_progress="full")
+    i.stop.click(halt, None, o.status, queue=False)
+    o.against.change(lambda res, v: _pair(res, v) if res else None, [result_state, o.against],
+                     o.compare, queue=False)
+    for control in (o.which, o.opacity):
+        control.change(lambda res, k, a: _overlay(res, k, a),
+                       [result_state, o.which, o.opacity], [o.shown, o.map_note], queue=False)
 
 
 def _owner(request: Any) -> str | None:
