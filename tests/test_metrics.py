@@ -10,7 +10,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import cascade.metrics as M
 from cascade.metrics import METRICS, lr_psnr, psnr, rgb_to_y, ssim
-from cascade.metrics.fidelity import quantize
+from cascade.metrics.fidelity import uint8_values as quantize
 
 
 def photo(name: str, size: int = 64, top: int = 100, left: int = 150) -> torch.Tensor:

@@ -19,7 +19,7 @@ import cascade.metrics as M
 from cascade.data.datasets import resolve_dataset
 from cascade.errors import CascadeError
 from cascade.metrics import METRICS, perceptual
-from cascade.metrics.fidelity import quantize
+from cascade.metrics.fidelity import uint8_values as quantize
 from cascade.metrics.perceptual import PatchDataset, lpips, lpips_map, patches, set_scores
 
 TINY_FE = "cascade-test-features"

@@ -30,8 +30,9 @@ def check_pair(sr: torch.Tensor, hr: torch.Tensor, name: str = "metric") -> None
                          f"{tuple(hr.shape)}; resize or crop them to the same size first")
 
 
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] -> float64 values on the uint8 grid {0, ..., 255}, as a saved PNG holds."""
+def uint8_values(x: torch.Tensor) -> torch.Tensor:
+    """RGB in [0, 1] -> float64 values on the uint8 grid {0, ..., 255}, as a saved PNG holds
+    (``cascade.data.io.quantize`` rounds to the same grid but stays in [0, 1])."""
     return (x.to(torch.float64).clamp(0, 1) * 255).round()
 
 
@@ -56,7 +57,7 @@ def _border(crop_border: int | None, scale: float) -> int:
 
 def _prepare(x: torch.Tensor, border: int, y_channel: bool) -> torch.Tensor:
     """Round to uint8, crop, convert: (B, 3, H, W) -> (B, 1 or 3, H-2b, W-2b) in [0, 255]."""
-    q = quantize(x)
+    q = uint8_values(x)
     if border:
         if 2 * border >= min(q.shape[-2:]):
             raise ValueError(f"crop_border {border} leaves nothing of a "

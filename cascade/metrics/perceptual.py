@@ -30,7 +30,7 @@ import torch
 
 from cascade.errors import CascadeError
 from cascade.metrics import METRICS
-from cascade.metrics.fidelity import check_pair, quantize
+from cascade.metrics.fidelity import check_pair, uint8_values
 
 # The trunks' files, named as torchvision / torch-fidelity cache them (the hex part of the
 # name is the start of the file's sha256, checked when we fetch it).
@@ -146,7 +146,7 @@ def _lpips_forward(sr: torch.Tensor, hr: torch.Tensor, net: str, weights: str | 
         return None
     model = _lpips_model(net, str(trunk), spatial).to(sr.device)
     # On the uint8 grid (the saved PNG), then [0, 1] -> [-1, 1] as LPIPS expects.
-    a, b = (quantize(x).float() / 127.5 - 1.0 for x in (sr, hr))
+    a, b = (uint8_values(x).float() / 127.5 - 1.0 for x in (sr, hr))
     with torch.no_grad():
         return model(a, b).to(torch.float64)  # (B, 1, 1, 1) or (B, 1, H, W)
 
@@ -188,7 +188,7 @@ def patches(images: Sequence[torch.Tensor], size: int = 64) -> torch.Tensor:
         raise ValueError(f"patch size must be >= 1, got {size}")
     out = []
     for im in images:
-        q = quantize(im if im.ndim == 4 else im[None]).to(torch.uint8)  # (1, 3, H, W)
+        q = uint8_values(im if im.ndim == 4 else im[None]).to(torch.uint8)  # (1, 3, H, W)
         n_y, n_x = q.shape[-2] // size, q.shape[-1] // size
         grid = q[..., : n_y * size, : n_x * size].reshape(3, n_y, size, n_x, size)
         out.append(grid.permute(1, 3, 0, 2, 4).reshape(-1, 3, size, size))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cascade.metrics import METRICS
-from cascade.metrics.fidelity import check_pair, quantize
+from cascade.metrics.fidelity import check_pair, uint8_values
 from cascade.metrics.spectrum import hf_energy
 
 PATCH = 7  # neighbourhood size of ProGAN's SWD descriptors
@@ -146,7 +146,7 @@ def swd(sr: torch.Tensor, hr: torch.Tensor, *, lr: torch.Tensor | None = None,
     levels = num_levels(H, W)
     B = sr.shape[0]
     # One pyramid for both sets: same positions, half the calls.
-    desc = _descriptors(quantize(torch.cat([sr, hr])), levels, n_patches, seed)
+    desc = _descriptors(uint8_values(torch.cat([sr, hr])), levels, n_patches, seed)
     gen = torch.Generator().manual_seed(seed)
     dist = []
     for a, b in (d.split(B) for d in desc):  # (B, N, C, 7, 7) each
@@ -181,7 +181,7 @@ def swd_sets(images_a: Sequence[torch.Tensor], images_b: Sequence[torch.Tensor],
     levels = min(num_levels(*s) for s in sizes)
 
     def collect(images: list[torch.Tensor]) -> list[torch.Tensor]:
-        per_image = [_descriptors(quantize(im[None]), levels, n_patches, seed + i)
+        per_image = [_descriptors(uint8_values(im[None]), levels, n_patches, seed + i)
                      for i, im in enumerate(images)]
         return [torch.cat([d[lv][0] for d in per_image]) for lv in range(levels)]  # (N, C, 7, 7)
 
@@ -211,4 +211,4 @@ def hf_ratio(sr: torch.Tensor, hr: torch.Tensor, *, lr: torch.Tensor | None = No
     if not scale > 0:
         raise ValueError(f"hf_ratio: scale must be > 0, got {scale}")
     cutoff = 1.0 / (2.0 * scale)
-    return hf_energy(quantize(sr), cutoff) / hf_energy(quantize(hr), cutoff)
+    return hf_energy(uint8_values(sr), cutoff) / hf_energy(uint8_values(hr), cutoff)
