@@ -30,7 +30,17 @@ import numpy as np
 import torch
 
 from cascade import choices
+from cascade.app.progress import listen
+from cascade.data.datasets import BUILTIN_SPLITS, builtin_photos
+from cascade.data.degrade import check_scale, degrade, upscale_bicubic
+from cascade.data.io import load_image, save_image, to_uint8
+from cascade.devices import resolve_device
 from cascade.errors import CascadeError, ConfigError, ImageError
+from cascade.heatmap import map_vmax
+from cascade.memory import budget_megapixels
+from cascade.pipeline import CascadePipeline, parse_size, rows_per_batch, target_size
+from cascade.scales import format_scale
+from cascade.upscale import pipeline_settings, upscale_one, write_run_json
 
 # the --stages values the app offers (its comparisons include bicubic already)
 STAGE_CHOICES = tuple(s for s in choices.STAGE_CHOICES if s != "bicubic")
@@ -99,9 +109,6 @@ def parse_request(image: str | Path | None, scale: Any = None, size: str | None 
 
     A non-empty ``size`` (WIDTHxHEIGHT) wins over ``scale``; ``steps`` None or 0 means each
     stage's own default. The image file itself is read (and judged) when the job runs."""
-    from cascade.data.degrade import check_scale
-    from cascade.pipeline import parse_size
-    from cascade.upscale import pipeline_settings
 
     if not image:
         raise ImageError("no image: drop an image file or pick a built-in photo first")
@@ -125,8 +132,6 @@ class Engine:
 
     def __init__(self, pipe, out_root: str | Path, device: str = "cpu",
                  max_megapixels: float | None = None, keep: int = 20) -> None:
-        from cascade.memory import budget_megapixels
-
         budget_megapixels(max_megapixels)  # a bad budget fails at start-up
         self.pipe = pipe
         self.defaults = pipe.config
@@ -144,9 +149,6 @@ class Engine:
              out_root: str | Path = "outputs/app", max_megapixels: float | None = None,
              keep: int = 20) -> Engine:
         """Load the pipeline folder once (every stage it has), on ``device``."""
-        from cascade.devices import resolve_device
-        from cascade.pipeline import CascadePipeline
-
         dev = resolve_device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise CascadeError(f"--device {device} but no CUDA device is available; "
@@ -180,11 +182,6 @@ class Engine:
                 self._owner = None
 
     def _run(self, req: Request, report: Report) -> Result:
-        from cascade.data.io import load_image
-        from cascade.scales import format_scale
-        from cascade.pipeline import rows_per_batch, target_size
-        from cascade.upscale import upscale_one, write_run_json
-
         img = load_image(req.image)
         in_hw = (img.shape[-2], img.shape[-1])
         out_hw = target_size(in_hw, req.scale, req.size)
@@ -200,8 +197,6 @@ class Engine:
         n = int(cfg.num_samples) if plan.stochastic else 1  # LAINR only: one output
         tracker = _Tracker(plan, n, rows_per_batch(cfg, *out_hw), self._cancel, report)
         try:
-            from cascade.app.progress import listen
-
             self.pipe.config = cfg
             with listen(tracker.on_bar):
                 record = upscale_one(self.pipe, cfg, img, out_hw, folder, name, self.device,
@@ -232,9 +227,6 @@ class Engine:
                    name: str, record: dict[str, Any]) -> tuple[Path, Path]:
         """Bicubic and LAINR at the output size (LAINR is the output itself for a plan
         without diffusion); their seconds go into the record's timings."""
-        from cascade.data.degrade import upscale_bicubic
-        from cascade.data.io import save_image
-
         t0 = time.perf_counter()
         with torch.no_grad():
             bic = upscale_bicubic(img[None], out_hw).clamp(0, 1)[0]
@@ -337,9 +329,6 @@ def overlay(image: str | Path | torch.Tensor, value: torch.Tensor, opacity: floa
     ``(1 - opacity) * image + opacity * colour`` -> (H, W, 3) uint8."""
     from matplotlib import colormaps
 
-    from cascade.data.io import load_image, to_uint8
-    from cascade.heatmap import map_vmax
-
     img = load_image(image) if isinstance(image, (str, Path)) else image
     if tuple(value.shape) != tuple(img.shape[-2:]):
         raise ConfigError(f"the map is {tuple(value.shape)} but the image "
@@ -365,8 +354,6 @@ def message(error: Exception, upload: str | Path | None = None) -> str:
 def input_summary(path: str | Path | None) -> tuple[np.ndarray | None, str]:
     """An uploaded file -> (the image as uint8 to preview, 'WxH input'), or (None, the
     loader's one-line error) for a bad upload."""
-    from cascade.data.io import load_image, to_uint8
-
     if not path:
         return None, ""
     try:
@@ -378,8 +365,6 @@ def input_summary(path: str | Path | None) -> tuple[np.ndarray | None, str]:
 
 def builtin_names() -> list[str]:
     """The built-in test photos offered in the page."""
-    from cascade.data.datasets import BUILTIN_SPLITS
-
     return list(BUILTIN_SPLITS["test"])
 
 
@@ -387,10 +372,6 @@ def builtin_input(name: str, folder: str | Path, crop: int = BUILTIN_CROP,
                   factor: int = BUILTIN_FACTOR) -> Path:
     """A built-in test photo's centre crop (``crop`` pixels a side) downscaled by ``factor``
     (the demo's inputs: 64x64), written to ``folder/NAME.png`` for the page to use."""
-    from cascade.data.datasets import builtin_photos
-    from cascade.data.degrade import degrade
-    from cascade.data.io import load_image, save_image
-
     photos = dict(builtin_photos("test"))
     if name not in photos:
         raise ImageError(f"no built-in photo {name!r}; pick one of {', '.join(photos)}")

@@ -8,11 +8,20 @@ of one method are two rows of the leaderboard.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import inspect
+import json
 from typing import Any
 
 import torch
 
-from cascade.inr.model import DECODE_CHUNK
+from cascade.data.degrade import upscale_bicubic
+from cascade.diffusion.pretrained import load_sr3
+from cascade.errors import ConfigError, ScaleError
+from cascade.inr.lattice import DECODE_CHUNK
+from cascade.inr.pretrained import load_lainr
+from cascade.pipeline import CascadePipeline
 from cascade.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -47,8 +56,6 @@ class Bicubic(Method):
     name = "bicubic"
 
     def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        from cascade.data.degrade import upscale_bicubic
-
         return upscale_bicubic(lr, size).clamp(0, 1)
 
 
@@ -60,8 +67,6 @@ class LAINRMethod(Method):
 
     def __init__(self, checkpoint: str = "checkpoints/lainr", chunk: int = DECODE_CHUNK) -> None:
         super().__init__(checkpoint=str(checkpoint))
-        from cascade.inr.pretrained import load_lainr
-
         self.model = load_lainr(checkpoint)
         self.chunk = chunk
 
@@ -83,9 +88,6 @@ _UPSAMPLED: dict[tuple, torch.Tensor] = {}  # (upsampler, input digest, size) ->
 def _upsample_cached(upsampler, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``upsampler(x, size)``, remembered for the last few inputs: the variants of a sweep
     condition on the same deterministic upsampling of the same images (LAINR takes seconds)."""
-    import hashlib
-    import json
-
     digest = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
     key = (json.dumps(upsampler.spec, sort_keys=True), digest, tuple(x.shape), tuple(size))
     if key not in _UPSAMPLED:
@@ -113,8 +115,6 @@ class SR3Method(Method):
                  steps: int | None = None, eta: float | None = None,
                  temperature: float | None = None, aug_level: float | None = None,
                  projection: float | None = None, num_samples: int = 1, seed: int = 0) -> None:
-        from cascade.diffusion.pretrained import load_sr3
-
         self.stage = load_sr3(checkpoint)
         self.knobs = dict(sampler=sampler, steps=steps, eta=eta, temperature=temperature,
                           aug_level=aug_level, projection=projection)
@@ -122,8 +122,6 @@ class SR3Method(Method):
         super().__init__(checkpoint=str(checkpoint), **vars(resolved),
                          num_samples=int(num_samples), seed=int(seed))
         if num_samples < 1:
-            from cascade.errors import ConfigError
-
             raise ConfigError(f"num_samples={num_samples}; use 1 or more")
         self.num_samples, self.seed = int(num_samples), int(seed)
 
@@ -139,8 +137,6 @@ class SR3Method(Method):
         H, W = size
         s = round(self.stage.scale)
         if H % s or W % s:
-            from cascade.errors import ScaleError
-
             raise ScaleError(f"sr3 makes outputs whose sides are multiples of {s}, not {W}x{H}")
         mid = (H // s, W // s)
         if self.stage.upsampler is None:
@@ -172,8 +168,6 @@ class CascadeMethod(Method):
                  output: str = "mean", sampler: str | None = None, steps: int | None = None,
                  eta: float | None = None, temperature: float | None = None,
                  aug_level: float | None = None, projection: float | None = None) -> None:
-        from cascade.pipeline import CascadePipeline
-
         self.pipe = CascadePipeline.from_pretrained(
             pipeline, lainr=checkpoint, resolve=True, stages=stages, num_samples=num_samples,
             seed=seed, output=output, sampler=sampler, steps=steps, eta=eta,
@@ -202,9 +196,6 @@ class CascadeMethod(Method):
 
 def make_method(name: str, settings: dict[str, Any] | None = None) -> Method:
     """Build a registered method from its settings; an unknown setting is a ConfigError."""
-    import difflib
-    import inspect
-
     cls = METHODS.get(name)
     settings = dict(settings or {})
     known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
@@ -212,8 +203,6 @@ def make_method(name: str, settings: dict[str, Any] | None = None) -> Method:
         if key not in known:
             near = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            from cascade.errors import ConfigError
-
             raise ConfigError(f"unknown setting {key!r} of method {name!r}{hint}; "
                               f"known: {', '.join(known) or 'none'}")
     return cls(**settings)
