@@ -31,7 +31,6 @@ import hashlib
 import io
 import json
 import lzma
-import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cascade.atomic import atomic_write_text
+from cascade.atomic import atomic_write, atomic_write_text
 from cascade.errors import CascadeError
 
 MANIFEST = Path(__file__).with_name("photos.json")
@@ -138,9 +137,8 @@ def _sha256(data: bytes) -> str:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 # -- prepare ------------------------------------------------------------------------------------
@@ -173,9 +171,9 @@ def _open_rgb(path: Path) -> Image.Image:
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    _write_bytes(path, buf.getvalue())
 
 
 def prepare_photo(src: Path, name: str, split: str, cfg: PhotosConfig, out: Path) -> list[Path]:

@@ -66,12 +66,6 @@ def _axis(dec: LocalityAwareDecoder, latents: Latents, pos: Tensor, axis: int) -
     return {"u": u, "idx": idx, "ok": ok, "off": off, "nearest": nearest}
 
 
-def _gamma1(fourier, x: Tensor) -> Tensor:
-    """One axis of ``FourierFeatures``: (...,) -> (..., 2 n) as [sin, cos]."""
-    arg = torch.pi * x.unsqueeze(-1) * fourier.freqs.to(x.dtype)
-    return torch.cat([arg.sin(), arg.cos()], dim=-1)
-
-
 def _local_per_pixel(dec: LocalityAwareDecoder, feats: Tensor) -> Tensor:
     """The local path's pre-activation without the offset term, per LR pixel:
     (B, C, h, w) -> (B, h, w, hidden)."""
@@ -181,20 +175,20 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
     # per-axis pieces of every linear map of Fourier features
     k_tok, v_tok = dec.to_kv(tokens).chunk(2, dim=-1)  # (B, gh, gw, hidden) each
     wy, wx = _split_linear(dec.pos_kv.weight, [nq, nq])
-    k_y, v_y = (_gamma1(dec.gamma_q, Y["off"]) @ wy.T).chunk(2, dim=-1)  # (H, n, hidden)
-    k_x, v_x = (_gamma1(dec.gamma_q, X["off"]) @ wx.T).chunk(2, dim=-1)  # (W, n, hidden)
+    k_y, v_y = (dec.gamma_q.per_axis(Y["off"]) @ wy.T).chunk(2, dim=-1)  # (H, n, hidden)
+    k_x, v_x = (dec.gamma_q.per_axis(X["off"]) @ wx.T).chunk(2, dim=-1)  # (W, n, hidden)
     lq = dec.to_query[0]
     qy_w, qx_w, *qc_w = _split_linear(lq.weight, [nq, nq] + ([2] if dec.use_cell else []))
-    q_y = _gamma1(dec.gamma_q, Y["nearest"]) @ qy_w.T  # (H, hidden)
-    q_x = _gamma1(dec.gamma_q, X["nearest"]) @ qx_w.T + lq.bias  # (W, hidden)
+    q_y = dec.gamma_q.per_axis(Y["nearest"]) @ qy_w.T  # (H, hidden)
+    q_x = dec.gamma_q.per_axis(X["nearest"]) @ qx_w.T + lq.bias  # (W, hidden)
     if dec.use_cell:
         q_x = q_x + (cell * half) @ qc_w[0].T
     bands = []
     for gamma, w_b in zip(dec.gamma_l, dec.band_in):
         nb = 2 * gamma.freqs.numel()
         by_w, bx_w = _split_linear(w_b.weight, [nb, nb])
-        bands.append((_gamma1(gamma, Y["nearest"]) @ by_w.T,  # (H, hidden)
-                      _gamma1(gamma, X["nearest"]) @ bx_w.T + w_b.bias))  # (W, hidden)
+        bands.append((gamma.per_axis(Y["nearest"]) @ by_w.T,  # (H, hidden)
+                      gamma.per_axis(X["nearest"]) @ bx_w.T + w_b.bias))  # (W, hidden)
     local = None
     if dec.pixel_in is not None:
         if latents.pixel_features is None:

@@ -41,8 +41,14 @@ class FourierFeatures(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"expected last dim {self.in_dim}, got shape {tuple(x.shape)}")
-        arg = math.pi * x.unsqueeze(-1) * self.freqs.to(x.dtype)  # (..., in_dim, n)
-        return torch.cat([arg.sin(), arg.cos()], dim=-1).flatten(-2)  # (..., in_dim * 2n)
+        return self.per_axis(x).flatten(-2)  # (..., in_dim * 2n)
+
+    def per_axis(self, x: Tensor) -> Tensor:
+        """The features of each coordinate on its own: (...,) -> (..., 2n) as [sin, cos].
+        ``forward`` concatenates them over the input dimensions (the lattice decoder uses
+        one axis at a time)."""
+        arg = math.pi * x.unsqueeze(-1) * self.freqs.to(x.dtype)  # (..., n)
+        return torch.cat([arg.sin(), arg.cos()], dim=-1)
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, n_freq={self.freqs.numel()}, sigma={self.sigma:g}"
