@@ -124,35 +124,37 @@ def lainr_resample(model, lr: Tensor, count: tuple[int, int], virtual: tuple[flo
     return model.decode_grid(model.encode(lr), ys, xs, cell, chunk, progress)
 
 
-def _window_attention(att, q: Tensor, k_tok: Tensor, v_tok: Tensor, iy: Tensor, ix: Tensor,
-                      k_y: Tensor, k_x: Tensor, v_y: Tensor, v_x: Tensor, mask: Tensor) -> Tensor:
-    """``LocalCrossAttention`` of every lattice query over its n x n window of tokens, with
-    keys ``k_tok[iy[r, a], ix[c, b]] + k_y[r, a] + k_x[c, b]`` (values alike).
+def _groups(start: Tensor) -> tuple[Tensor, Tensor]:
+    """Lattice rows (or columns) in groups that share one window of latent tokens.
 
-    q (R, W, D) projected queries; k_tok, v_tok (B, gh, gw, D); iy (R, n), ix (W, n);
-    k_y, v_y (R, n, D); k_x, v_x (W, n, D); mask (R, W, n, n). Returns (B, R, W, D_out).
-    The row and column terms enter through (query . k_y) and the attention's marginals,
-    so only the token terms are gathered per query.
+    start (L,) the first token row of each position's window. Runs of equal ``start`` are split into pieces of at most ``size`` positions,
+    ``size`` the longest interior run (the two border runs are longer: the window is shifted,
+    not cropped, there), so that padding wastes little. Returns pos (G, size) the positions
+    of each group, padded by repeating its last one, and valid (G, size).
     """
-    heads = att.heads
-    dh = q.shape[-1] // heads
+    counts = torch.unique_consecutive(start, return_counts=True)[1].tolist()
+    inner = counts[1:-1] if len(counts) > 2 else counts
+    size = max(inner)
+    pos, valid, first = [], [], 0
+    for c in counts:
+        for p0 in range(first, first + c, size):
+            n = min(size, first + c - p0)
+            pos.append(list(range(p0, p0 + n)) + [p0 + n - 1] * (size - n))
+            valid.append([True] * n + [False] * (size - n))
+        first += c
+    return torch.tensor(pos, device=start.device), torch.tensor(valid, device=start.device)
 
-    def split(t: Tensor) -> Tensor:  # (..., D) -> (..., H, dh)
-        return t.unflatten(-1, (heads, dh))
 
-    qh = split(q)  # (R, W, H, dh)
-    kt = split(k_tok[:, iy[:, None, :, None], ix[None, :, None, :]])  # (B, R, W, n, n, H, dh)
-    scores = (qh[:, :, None, None] * kt).sum(-1)  # (B, R, W, n, n, H)
-    scores = scores + torch.einsum("rwhd,rahd->rwah", qh, split(k_y))[:, :, :, None]
-    scores = scores + torch.einsum("rwhd,wbhd->rwbh", qh, split(k_x))[:, :, None]
-    scores = (scores * dh ** -0.5).masked_fill(~mask[..., None], float("-inf"))
-    n = scores.shape[3]
-    attn = scores.flatten(3, 4).softmax(dim=3).unflatten(3, (n, n))  # (B, R, W, n, n, H)
-    vt = split(v_tok[:, iy[:, None, :, None], ix[None, :, None, :]])
-    out = (attn[..., None] * vt).sum((3, 4))  # (B, R, W, H, dh)
-    out = out + torch.einsum("zrwah,rahd->zrwhd", attn.sum(4), split(v_y))
-    out = out + torch.einsum("zrwbh,wbhd->zrwhd", attn.sum(3), split(v_x))
-    return att.to_out(out.flatten(-2))
+def _block_diagonal(t: Tensor, heads: int) -> Tensor:
+    """Keys (or values) of a window as one matrix, head by head on the diagonal:
+    (..., K, D) -> (..., D, K * heads) with entry (h*dh + d, k*heads + h') = t[..., k, h*dh + d]
+    if h == h' else 0, so that ``q @`` it gives every head's score for every key at once."""
+    *lead, K, D = t.shape
+    dh = D // heads
+    eye = torch.eye(heads, dtype=t.dtype, device=t.device)
+    bd = t.unflatten(-1, (heads, dh))[..., None] * eye[:, None, :]  # (..., K, H, dh, H')
+    nl = len(lead)
+    return bd.permute(*range(nl), nl + 3, nl + 2, nl, nl + 1).reshape(*lead, D, K * heads)
 
 
 @torch.no_grad()
@@ -160,9 +162,13 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
                    cell: Tensor, rows: int = 64, progress: bool = False) -> Tensor:
     """The decoder's residual RGB at every (ys[r], xs[c]): (B, H, W, 3).
 
-    ys (H,), xs (W,) in [-1, 1]; cell (2,) the HR pixel size in the same units (as the
-    reference decoder's ``cell``). Decodes ``rows`` lattice rows at a time (bounded memory);
-    ``progress`` shows a bar when that takes more than a few seconds.
+    ys (H,), xs (W,) in [-1, 1], increasing; cell (2,) the HR pixel size in the same units
+    (as the reference decoder's ``cell``). Decodes about ``rows`` lattice rows at a time
+    (bounded memory); ``progress`` shows a bar when that takes more than a few seconds.
+
+    The lattice is cut into blocks of queries that share their n x n window of tokens
+    (``_groups``): inside a block the attention is two dense matmuls against the window's
+    keys and values, which are gathered once per block, not once per query.
     """
     tokens = latents.tokens  # (B, gh, gw, D)
     B, gh, gw, _ = tokens.shape
@@ -170,7 +176,9 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
     half = ys.new_tensor([h / 2, w / 2])
     Y, X = _axis(dec, latents, ys, 0), _axis(dec, latents, xs, 1)
     hid = dec.to_query[0].out_features
+    heads, n = dec.attn.heads, dec.neighbourhood
     nq = 2 * dec.gamma_q.freqs.numel()
+    scale = (hid // heads) ** -0.5
 
     # per-axis pieces of every linear map of Fourier features
     k_tok, v_tok = dec.to_kv(tokens).chunk(2, dim=-1)  # (B, gh, gw, hidden) each
@@ -183,12 +191,23 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
     q_x = dec.gamma_q.per_axis(X["nearest"]) @ qx_w.T + lq.bias  # (W, hidden)
     if dec.use_cell:
         q_x = q_x + (cell * half) @ qc_w[0].T
-    bands = []
-    for gamma, w_b in zip(dec.gamma_l, dec.band_in):
+    # The bands' pre-activations, all at once: band b adds W_m,b to_out(o) = (W_m,b W_out) o
+    # + W_m,b b_out (one folded matrix for all bands), its per-axis Fourier terms and the
+    # local path. Its RGB head reads h_b = relu(P_1) + ... + relu(P_b), so the summed heads
+    # are one matrix on [relu(P_1), ..., relu(P_nb)]: sum_{b >= j} W_out,b on relu(P_j).
+    w_o, b_o = dec.attn.to_out.weight, dec.attn.to_out.bias
+    w_fold = torch.cat([w_m.weight @ w_o for w_m in dec.band_mod])  # (nb*hidden, hidden)
+    b_y, b_x = [], []
+    for gamma, w_b, w_m in zip(dec.gamma_l, dec.band_in, dec.band_mod):
         nb = 2 * gamma.freqs.numel()
         by_w, bx_w = _split_linear(w_b.weight, [nb, nb])
-        bands.append((gamma.per_axis(Y["nearest"]) @ by_w.T,  # (H, hidden)
-                      gamma.per_axis(X["nearest"]) @ bx_w.T + w_b.bias))  # (W, hidden)
+        b_y.append(gamma.per_axis(Y["nearest"]) @ by_w.T)  # (H, hidden)
+        b_x.append(gamma.per_axis(X["nearest"]) @ bx_w.T + w_b.bias + w_m.weight @ b_o)
+    b_y, b_x = torch.cat(b_y, -1), torch.cat(b_x, -1)  # (H, nb*hidden), (W, nb*hidden)
+    heads_w = [head.weight for head in dec.band_out]  # (3, hidden) each
+    w_rgb = torch.cat([sum(heads_w[j:]) for j in range(len(heads_w))], 1)  # (3, nb*hidden)
+    b_rgb = sum(head.bias for head in dec.band_out)
+    n_bands = len(heads_w)
     local = None
     if dec.pixel_in is not None:
         if latents.pixel_features is None:
@@ -200,33 +219,68 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
         _, wo = _split_linear(dec.pixel_in[0].weight, [dec.pixel_in[0].in_features - 2, 2])
         o_y = (Y["u"] - py - 0.5)[:, None] * wo[:, 0]  # (H, hidden)
         o_x = (X["u"] - px - 0.5)[:, None] * wo[:, 1]  # (W, hidden)
-        local = (per_pixel, py, px, o_y, o_x)
+        local = (per_pixel, py, px, o_y, o_x, dec.pixel_in[2].weight)
+
+    # Blocks: row groups g x column groups x; r, c index rows/columns inside a group.
+    # Three layouts of the queries, each making one term a batch of plain matmuls:
+    #   image (g, r, x, c): the row terms (one key set per lattice row, over the row's Gx*Lx
+    #   queries); columns (x, c, g, r): the column terms; blocks (g, x, r, c): the tokens.
+    gy_pos, gy_ok = _groups(Y["idx"][:, 0])  # (Gy, Ly)
+    gx_pos, gx_ok = _groups(X["idx"][:, 0])  # (Gx, Lx)
+    Gx, Lx = gx_pos.shape
+    ix = X["idx"][gx_pos[:, 0]]  # (Gx, n) the window's token columns
+    x_ok = X["ok"][gx_pos[:, 0]]  # (Gx, n)
+    kx_bd = _block_diagonal(k_x[gx_pos], heads).flatten(0, 1)  # (Gx*Lx, hid, n*H)
+    vx_bd = _block_diagonal(v_x[gx_pos], heads).flatten(0, 1).transpose(1, 2)  # (Gx*Lx, n*H, hid)
+    per = max(1, rows // gy_pos.shape[1])  # row groups per step
 
     out = []
-    starts = range(0, ys.shape[0], rows)
-    for r0 in nested_bar(starts, desc="lainr", unit="rows", delay=3,
+    starts = range(0, gy_pos.shape[0], per)
+    for g0 in nested_bar(starts, desc="lainr", unit="rows", delay=3,
                          disable=not progress or len(starts) < 2):
-        sl = slice(r0, min(r0 + rows, ys.shape[0]))
-        # 1.-2. attention over the n x n window, keys and values = token + row + column
-        # terms, the latter two applied after the products (no (n x n)-wide sums built)
-        q = dec.act(q_y[sl][:, None] + q_x[None])  # (R, W, hidden) the query's input
-        mask = Y["ok"][sl][:, None, :, None] & X["ok"][None, :, None, :]  # (R, W, n, n)
-        m = _window_attention(dec.attn, dec.attn.to_q(q), k_tok, v_tok, Y["idx"][sl], X["idx"],
-                              k_y[sl], k_x, v_y[sl], v_x, mask)  # (B, R, W, hidden)
-        # 3. bands, chained with residuals, plus the local pixel path
-        loc: Tensor | float = 0.0
+        pos, ok = gy_pos[g0:g0 + per], gy_ok[g0:g0 + per]  # (g, Ly)
+        g, Ly = pos.shape
+        iy = Y["idx"][pos[:, 0]]  # (g, n) the window's token rows
+        # 1. the query's input and projection (image layout)
+        q = dec.act(q_y[pos][:, :, None, None] + q_x[gx_pos])  # (g, Ly, Gx, Lx, hid)
+        q = dec.attn.to_q(q)
+        q_blk = q.permute(0, 2, 1, 3, 4).reshape(g * Gx, Ly * Lx, hid)
+        q_col = q.permute(2, 3, 0, 1, 4).reshape(Gx * Lx, g * Ly, hid)
+        # 2. scores = q . (token + row + column term), per head, over the n x n window
+        win = (slice(None), iy[:, None, :, None], ix[None, :, None, :])
+        kt = _block_diagonal(k_tok[win].flatten(3, 4), heads)  # (B, g, Gx, hid, n*n*H)
+        s = (q_blk @ kt.flatten(1, 2)).view(B, g, Gx, Ly, Lx, n, n, heads)
+        ky_bd = _block_diagonal(k_y[pos], heads).flatten(0, 1)  # (g*Ly, hid, n*H)
+        s_y = (q.view(g * Ly, Gx * Lx, hid) @ ky_bd).view(g, Ly, Gx, Lx, n, 1, heads)
+        s_x = (q_col @ kx_bd).view(Gx, Lx, g, Ly, 1, n, heads)
+        s = s + s_y.permute(0, 2, 1, 3, 4, 5, 6) + s_x.permute(2, 0, 3, 1, 4, 5, 6)
+        s = s * scale
+        mask = Y["ok"][pos[:, 0]][:, None, :, None] & x_ok[None, :, None, :]  # (g, Gx, n, n)
+        if not bool(mask.all()):  # only when the latent grid is smaller than the window
+            s = s.masked_fill(~mask[:, :, None, None, :, :, None], float("-inf"))
+        attn = s.flatten(5, 6).softmax(5)  # (B, g, Gx, Ly, Lx, n*n, H)
+        # 3. values: the tokens' through the block matrix; the row and column terms'
+        #    through the attention's marginals over the window's columns and rows
+        vt = _block_diagonal(v_tok[win].flatten(3, 4), heads).transpose(-1, -2)
+        o = attn.reshape(B, g * Gx, Ly * Lx, -1) @ vt.flatten(1, 2)  # (B, g*Gx, Ly*Lx, hid)
+        o = o.view(B, g, Gx, Ly, Lx, hid)
+        a = attn.unflatten(5, (n, n))  # (B, g, Gx, Ly, Lx, n, n, H)
+        vy_bd = _block_diagonal(v_y[pos], heads).flatten(0, 1).transpose(1, 2)  # (g*Ly, nH, hid)
+        a_y = a.sum(6).permute(0, 1, 3, 2, 4, 5, 6).reshape(B, g * Ly, Gx * Lx, n * heads)
+        o = o + (a_y @ vy_bd).view(B, g, Ly, Gx, Lx, hid).permute(0, 1, 3, 2, 4, 5)
+        a_x = a.sum(5).permute(0, 2, 4, 1, 3, 5, 6).reshape(B, Gx * Lx, g * Ly, n * heads)
+        o = o + (a_x @ vx_bd).view(B, Gx, Lx, g, Ly, hid).permute(0, 3, 1, 4, 2, 5)
+        # 4. bands (folded) plus the local pixel path, and the summed RGB heads (image layout)
+        o = o.permute(0, 1, 3, 2, 4, 5).reshape(-1, hid)
+        pre = (o @ w_fold.T).view(B, g, Ly, Gx, Lx, n_bands, hid)
+        pre = pre + (b_y[pos][:, :, None, None] + b_x[gx_pos]).unflatten(-1, (n_bands, hid))
         if local is not None:
-            per_pixel, py, px, o_y, o_x = local
-            pre = per_pixel[:, py[sl][:, None], px[None, :]]  # (B, R, W, hidden)
-            pre = pre + o_y[sl][:, None] + o_x[None]
-            loc = dec.pixel_in[2](dec.pixel_in[1](pre))
-        rgb = 0.0
-        h_prev: Tensor | None = None
-        for (b_y, b_x), w_m, head in zip(bands, dec.band_mod, dec.band_out):
-            h_b = dec.act(b_y[sl][:, None] + b_x[None] + w_m(m) + loc)
-            if h_prev is not None:
-                h_b = h_b + h_prev
-            rgb = rgb + head(h_b)
-            h_prev = h_b
-        out.append(rgb)
+            per_pixel, py, px, o_y, o_x, w_p = local
+            lp = per_pixel[:, py[pos][:, :, None, None], px[gx_pos]]  # (B, g, Ly, Gx, Lx, hid)
+            lp = dec.pixel_in[1](lp + o_y[pos][:, :, None, None] + o_x[gx_pos])
+            pre = pre + (lp.reshape(-1, hid) @ w_p.T).view(B, g, Ly, Gx, Lx, 1, hid)
+        rgb = dec.act(pre).view(-1, n_bands * hid) @ w_rgb.T + b_rgb
+        rgb = rgb.view(B, g * Ly, Gx * Lx, 3)
+        # drop the padding: the valid positions of the groups, in order, are the lattice's
+        out.append(rgb[:, ok.flatten()][:, :, gx_ok.flatten()])
     return torch.cat(out, dim=1)  # (B, H, W, 3)
