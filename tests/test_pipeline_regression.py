@@ -5,10 +5,13 @@ A tiny pipeline folder (``configs/tiny``: LAINR, ``sr3_x2`` conditioned by that 
 x2 (one stage, no LAINR step), x3 (LAINR x1.5, one stage), x4 (two stages, no LAINR step),
 x6.5 (LAINR, two stages, crop; tiled), LAINR alone (x2.5) and bicubic (x3), N = 2 samples
 each, on one CPU thread. Samples, mean and std must equal
-``tests/data/pipeline_regression.npz`` bit for bit (``atol=0``): restructuring the pipeline code must not change a single value.
+``tests/data/pipeline_regression.npz`` bit for bit (``atol=0``): restructuring the pipeline
+code must not change a single value.
 
-The recording was made with the code before the restructuring (issue 14). To record again
-after an intended change of numerics: ``python tests/test_pipeline_regression.py``.
+The recording was made with the code before the restructuring (issue 14), and made again
+when the lattice decoder began computing in blocks (issue 15: the same function in another
+order of float32 operations; values moved by ~1e-7). To record again after an intended
+change of numerics: ``python tests/test_pipeline_regression.py``.
 """
 
 from __future__ import annotations

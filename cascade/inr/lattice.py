@@ -127,8 +127,8 @@ def lainr_resample(model, lr: Tensor, count: tuple[int, int], virtual: tuple[flo
 def _groups(start: Tensor) -> tuple[Tensor, Tensor]:
     """Lattice rows (or columns) in groups that share one window of latent tokens.
 
-    start (L,) the first token row of each position's window. Runs of equal ``start`` are split into pieces of at most ``size`` positions,
-    ``size`` the longest interior run (the two border runs are longer: the window is shifted,
+    start (L,) the first token row of each position's window. Runs of equal ``start`` are
+    split into pieces of at most ``size`` positions, ``size`` the longest interior run (the two border runs are longer: the window is shifted,
     not cropped, there), so that padding wastes little. Returns pos (G, size) the positions
     of each group, padded by repeating its last one, and valid (G, size).
     """
@@ -178,7 +178,9 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
     hid = dec.to_query[0].out_features
     heads, n = dec.attn.heads, dec.neighbourhood
     nq = 2 * dec.gamma_q.freqs.numel()
-    scale = (hid // heads) ** -0.5
+    # the attention's 1/sqrt(dh) on the query projection: every score is q . key
+    w_q = dec.attn.to_q.weight * (hid // heads) ** -0.5
+    b_q = dec.attn.to_q.bias * (hid // heads) ** -0.5
 
     # per-axis pieces of every linear map of Fourier features
     k_tok, v_tok = dec.to_kv(tokens).chunk(2, dim=-1)  # (B, gh, gw, hidden) each
@@ -242,8 +244,8 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
         g, Ly = pos.shape
         iy = Y["idx"][pos[:, 0]]  # (g, n) the window's token rows
         # 1. the query's input and projection (image layout)
-        q = dec.act(q_y[pos][:, :, None, None] + q_x[gx_pos])  # (g, Ly, Gx, Lx, hid)
-        q = dec.attn.to_q(q)
+        q = torch.relu_(q_y[pos][:, :, None, None] + q_x[gx_pos])  # (g, Ly, Gx, Lx, hid)
+        q = F.linear(q, w_q, b_q)  # scaled by 1/sqrt(dh) already
         q_blk = q.permute(0, 2, 1, 3, 4).reshape(g * Gx, Ly * Lx, hid)
         q_col = q.permute(2, 3, 0, 1, 4).reshape(Gx * Lx, g * Ly, hid)
         # 2. scores = q . (token + row + column term), per head, over the n x n window
@@ -253,8 +255,8 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
         ky_bd = _block_diagonal(k_y[pos], heads).flatten(0, 1)  # (g*Ly, hid, n*H)
         s_y = (q.view(g * Ly, Gx * Lx, hid) @ ky_bd).view(g, Ly, Gx, Lx, n, 1, heads)
         s_x = (q_col @ kx_bd).view(Gx, Lx, g, Ly, 1, n, heads)
-        s = s + s_y.permute(0, 2, 1, 3, 4, 5, 6) + s_x.permute(2, 0, 3, 1, 4, 5, 6)
-        s = s * scale
+        s += s_y.permute(0, 2, 1, 3, 4, 5, 6)
+        s += s_x.permute(2, 0, 3, 1, 4, 5, 6)
         mask = Y["ok"][pos[:, 0]][:, None, :, None] & x_ok[None, :, None, :]  # (g, Gx, n, n)
         if not bool(mask.all()):  # only when the latent grid is smaller than the window
             s = s.masked_fill(~mask[:, :, None, None, :, :, None], float("-inf"))
@@ -267,19 +269,21 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
         a = attn.unflatten(5, (n, n))  # (B, g, Gx, Ly, Lx, n, n, H)
         vy_bd = _block_diagonal(v_y[pos], heads).flatten(0, 1).transpose(1, 2)  # (g*Ly, nH, hid)
         a_y = a.sum(6).permute(0, 1, 3, 2, 4, 5, 6).reshape(B, g * Ly, Gx * Lx, n * heads)
-        o = o + (a_y @ vy_bd).view(B, g, Ly, Gx, Lx, hid).permute(0, 1, 3, 2, 4, 5)
+        o += (a_y @ vy_bd).view(B, g, Ly, Gx, Lx, hid).permute(0, 1, 3, 2, 4, 5)
         a_x = a.sum(5).permute(0, 2, 4, 1, 3, 5, 6).reshape(B, Gx * Lx, g * Ly, n * heads)
-        o = o + (a_x @ vx_bd).view(B, Gx, Lx, g, Ly, hid).permute(0, 3, 1, 4, 2, 5)
+        o += (a_x @ vx_bd).view(B, Gx, Lx, g, Ly, hid).permute(0, 3, 1, 4, 2, 5)
         # 4. bands (folded) plus the local pixel path, and the summed RGB heads (image layout)
         o = o.permute(0, 1, 3, 2, 4, 5).reshape(-1, hid)
         pre = (o @ w_fold.T).view(B, g, Ly, Gx, Lx, n_bands, hid)
-        pre = pre + (b_y[pos][:, :, None, None] + b_x[gx_pos]).unflatten(-1, (n_bands, hid))
+        pre += b_y[pos][:, :, None, None].unflatten(-1, (n_bands, hid))
+        pre += b_x[gx_pos].unflatten(-1, (n_bands, hid))
         if local is not None:
             per_pixel, py, px, o_y, o_x, w_p = local
             lp = per_pixel[:, py[pos][:, :, None, None], px[gx_pos]]  # (B, g, Ly, Gx, Lx, hid)
-            lp = dec.pixel_in[1](lp + o_y[pos][:, :, None, None] + o_x[gx_pos])
-            pre = pre + (lp.reshape(-1, hid) @ w_p.T).view(B, g, Ly, Gx, Lx, 1, hid)
-        rgb = dec.act(pre).view(-1, n_bands * hid) @ w_rgb.T + b_rgb
+            lp += o_y[pos][:, :, None, None]
+            lp += o_x[gx_pos]
+            pre += (torch.relu_(lp).view(-1, hid) @ w_p.T).view(B, g, Ly, Gx, Lx, 1, hid)
+        rgb = torch.addmm(b_rgb, torch.relu_(pre).view(-1, n_bands * hid), w_rgb.T)
         rgb = rgb.view(B, g * Ly, Gx * Lx, 3)
         # drop the padding: the valid positions of the groups, in order, are the lattice's
         out.append(rgb[:, ok.flatten()][:, :, gx_ok.flatten()])
