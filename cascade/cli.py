@@ -159,9 +159,9 @@ def _add_upscale(sub) -> None:
     p.add_argument("--scale", help="any real scale >= 1, e.g. 4 or 2.5")
     p.add_argument("--size", help="exact output size WIDTHxHEIGHT")
     p.add_argument("--stages", choices=STAGE_CHOICES,
-                   help="auto (default): every stage the pipeline has; inr: LAINR only; "
-                        "inr+1 / inr+2: LAINR and one / two x2 diffusion stages; bicubic: "
-                        "the baseline")
+                   help="inr (default): LAINR alone; auto: LAINR and every x2 diffusion "
+                        "stage the pipeline has (samples, std maps); inr+1 / inr+2: LAINR and "
+                        "one / two x2 diffusion stages; bicubic: the baseline")
     p.add_argument("--pipeline", default="checkpoints",
                    help="pipeline folder (save_pretrained) or checkpoints folder with lainr/, "
                         "sr3_x2/, sr3_x2_b/ (default checkpoints)")

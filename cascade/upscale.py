@@ -46,12 +46,13 @@ from cascade.data.degrade import upscale_bicubic
 from cascade.data.io import load_image, save_image, save_map, to_uint8
 from cascade.data.sources import expand_inputs
 from cascade.devices import resolve_device
-from cascade.errors import CascadeError
+from cascade.errors import CascadeError, ConfigError
 from cascade.heatmap import save_heatmap
 from cascade.memory import budget_megapixels, check_output_size
 from cascade.pipeline import (
     CascadePipeline,
     PipelineConfig,
+    StageSpec,
     check_scale,
     check_settings,
     make_plan,
@@ -76,6 +77,25 @@ MAP_UNITS = {
 }
 
 
+# What `cascade upscale` runs when neither --stages, the --config file nor an override says:
+# LAINR alone. The diffusion stages still miss the realism and fidelity targets on photos
+# unlike their training set (docs/pipeline.md, "Why LAINR alone by default"), so they run
+# only on request (--stages auto | inr+1 | inr+2).
+USER_STAGES = "inr"
+
+
+def _stages_given(config: str | None, overrides: Sequence[str]) -> bool:
+    """Whether the --config file or a key=value override sets ``stages``."""
+    if any(o.split("=", 1)[0].strip() == "stages" for o in overrides):
+        return True
+    if config is not None and Path(config).is_file():
+        try:
+            return "stages" in (OmegaConf.load(config) or {})
+        except Exception:  # a broken file fails with its own message in load_config
+            return False
+    return False
+
+
 def pipeline_settings(config: str | None = None, overrides: Sequence[str] = (),
                       **flags: Any) -> PipelineConfig:
     """configs/pipeline.yaml-style file <- flags (None = not given) <- key=value overrides,
@@ -94,7 +114,8 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
                   **settings: Any) -> list[str]:
     """Upscale every input; returns the list of failures (``"path: reason"``).
 
-    ``stages``: auto (default: every stage ``pipeline`` has), inr, inr+1, inr+2, bicubic;
+    ``stages``: inr (default: LAINR alone), auto (every stage ``pipeline`` has), inr+1,
+    inr+2, bicubic; N > 1 samples need a diffusion stage (one line otherwise);
     ``checkpoint``: a LAINR checkpoint replacing the pipeline's (alone, with stages auto, it
     means LAINR only, as before the diffusion stages). ``settings``: ``PipelineConfig``
     fields (num_samples, steps, sampler, projection, seed, output, ...).
@@ -104,9 +125,17 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
     wanted = parse_size(size) if size is not None else None
     if s is None and wanted is None:
         raise CascadeError("give --scale S (any real >= 1) or --size WIDTHxHEIGHT")
+    if stages is None and not _stages_given(config, overrides):
+        stages = USER_STAGES
     cfg = pipeline_settings(config, overrides, stages=stages, **settings)
     if cfg.stages == "auto" and checkpoint is not None:
         cfg.stages = "inr"
+    spec = StageSpec.parse(cfg.stages)
+    if cfg.num_samples > 1 and spec.diffusion == 0:  # std maps of identical samples: zeros
+        raise ConfigError(f"--samples {cfg.num_samples} with --stages {cfg.stages}: "
+                          f"{'bicubic' if spec.bicubic else 'LAINR alone'} is deterministic "
+                          "and every sample would be the same; add --stages auto for the "
+                          "diffusion stages' samples and uncertainty maps")
     budget_megapixels(max_megapixels)  # a bad budget fails before any work
     if len(inputs) == 1:
         files, failures = expand_inputs(inputs), []

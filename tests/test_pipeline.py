@@ -270,13 +270,41 @@ def test_cascade_method_for_evaluate(folder):
         make_method("cascade", {"pipeline": str(folder), "stepz": 2})
 
 
+def test_upscale_defaults_to_lainr_alone_and_runs_diffusion_on_request(folder, tmp_path,
+                                                                      capsys):
+    from cascade.data.io import save_image
+
+    img = tmp_path / "photo.png"
+    save_image(torch.rand(3, 12, 14, generator=torch.Generator().manual_seed(6)), img)
+    common = ["--scale", "2", "--steps", "1", "--pipeline", str(folder)]
+    assert main(["upscale", str(img), *common, "--out", str(tmp_path / "a")]) == 0
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["stages"] == "inr"
+    assert [s["stage"] for s in run["outputs"][0]["plan"]["steps"]] == ["lainr"]
+    # N samples of a deterministic upscale would be identical: one line that says what to do
+    capsys.readouterr()
+    assert main(["upscale", str(img), *common, "--samples", "3",
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "LAINR alone is deterministic" in err[0]
+    assert "--stages auto" in err[0] and not (tmp_path / "b").exists()
+    # on request: the flag, an override or a config file
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("stages: auto\n")
+    for i, how in enumerate((["--stages", "auto"], ["stages=auto"], ["--config", str(cfg)])):
+        out = tmp_path / f"c{i}"
+        assert main(["upscale", str(img), *common, "--out", str(out), *how]) == 0
+        assert json.loads((out / "run.json").read_text())["stages"] == "inr+1"
+
+
 def test_upscale_cli_writes_samples_std_map_and_run_json(folder, tmp_path, capsys):
     from cascade.data.io import load_image, save_image
 
     img = tmp_path / "in" / "photo.png"
     save_image(torch.rand(3, 12, 14, generator=torch.Generator().manual_seed(6)), img)
     out = tmp_path / "out"
-    assert main(["upscale", str(img), "--scale", "3", "--samples", "3", "--steps", "2",
+    assert main(["upscale", str(img), "--stages", "auto",
+                 "--scale", "3", "--samples", "3", "--steps", "2",
                  "--pipeline", str(folder), "--out", str(out), "tiling.tile=16",
                  "tiling.untiled=-1"]) == 0
     assert tuple(load_image(out / "photo_x3.png").shape) == (3, 36, 42)
@@ -300,7 +328,8 @@ def test_upscale_cli_writes_samples_std_map_and_run_json(folder, tmp_path, capsy
     assert rec["plan"]["steps"][1]["tiles"] > 1
     assert {"lainr", "sr3_x2", "total"} <= set(rec["timings"])
     # --output sample: the image is the first sample
-    assert main(["upscale", str(img), "--scale", "3", "--samples", "2", "--steps", "2",
+    assert main(["upscale", str(img), "--stages", "auto",
+                 "--scale", "3", "--samples", "2", "--steps", "2",
                  "--pipeline", str(folder), "--out", str(tmp_path / "o2"), "--output",
                  "sample"]) == 0
     torch.testing.assert_close(load_image(tmp_path / "o2" / "photo_x3.png"),
@@ -342,7 +371,8 @@ def test_upscale_skips_the_quantile_map_when_the_samples_would_not_fit(folder, t
     img = tmp_path / "photo.png"
     save_image(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2)), img)
     out = tmp_path / "out"
-    assert main(["upscale", str(img), "--scale", "2", "--samples", "2", "--steps", "2",
+    assert main(["upscale", str(img), "--stages", "auto",
+                 "--scale", "2", "--samples", "2", "--steps", "2",
                  "--pipeline", str(tmp_path / "ck"), "--out", str(out)]) == 0
     rec = json.loads((out / "run.json").read_text())["outputs"][0]["interval"]
     assert rec["map"] is None and "exceed" in rec["note"]
@@ -384,10 +414,11 @@ def test_calibrate_cli_fits_reports_and_saves(folder, tmp_path, capsys):
 
 
 def test_pipeline_config_file_matches_the_schema():
-    from cascade.upscale import pipeline_settings
+    from cascade.upscale import USER_STAGES, pipeline_settings
 
     cfg = pipeline_settings(str(ROOT / "configs" / "pipeline.yaml"))
-    assert cfg == PipelineConfig()
+    # the file also spells out `cascade upscale`'s default stages (LAINR alone)
+    assert cfg == PipelineConfig(stages=USER_STAGES) and USER_STAGES == "inr"
 
 
 def test_cascade_method_records_each_stages_defaults_when_they_differ(folder, tmp_path):
@@ -429,7 +460,8 @@ def test_memory_budget_counts_diffusion_plans_at_their_own_bytes_per_pixel(folde
     assert memory.estimate_bytes((40, 40), (320, 320), diffusion=True) == 384 * 320 * 320
     img = tmp_path / "in.png"
     save_image(torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(0)), img)
-    args = ["upscale", str(img), "--scale", "8", "--pipeline", str(folder), "--steps", "1"]
+    args = ["upscale", str(img), "--stages", "auto",
+            "--scale", "8", "--pipeline", str(folder), "--steps", "1"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exceeds the memory budget" in err[0]
@@ -506,7 +538,8 @@ def test_upscale_rerun_into_the_same_folder_replaces_the_samples_and_maps(folder
     img = tmp_path / "photo.png"
     save_image(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1)), img)
     out = tmp_path / "out"
-    args = ["upscale", str(img), "--scale", "2", "--steps", "2", "--pipeline", str(folder),
+    args = ["upscale", str(img), "--stages", "auto",
+            "--scale", "2", "--steps", "2", "--pipeline", str(folder),
             "--out", str(out)]
     assert main([*args, "--samples", "4"]) == 0
     assert len(list((out / "photo_x2_samples").iterdir())) == 4
@@ -575,7 +608,8 @@ def test_uncertainty_report_script_on_an_upscale_run(folder, tmp_path, capsys, m
     save_image(hr, tmp_path / "truth" / "photo.png")
     save_image(degrade(hr, 2)[1], tmp_path / "in" / "photo.png")
     run = tmp_path / "run"
-    assert main(["upscale", str(tmp_path / "in" / "photo.png"), "--scale", "2", "--samples",
+    assert main(["upscale", str(tmp_path / "in" / "photo.png"), "--stages", "auto",
+                 "--scale", "2", "--samples",
                  "3", "--steps", "2", "--pipeline", str(folder), "--out", str(run)]) == 0
     capsys.readouterr()
     script = str(ROOT / "scripts" / "uncertainty_report.py")
@@ -656,7 +690,8 @@ def test_max_megapixels_overrides_the_memory_budget_through_the_whole_run(folder
     monkeypatch.setattr(memory, "available_bytes", lambda: memory.WORKING_BYTES)
     img = tmp_path / "in.png"
     save_image(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)), img)
-    args = ["upscale", str(img), "--scale", "2", "--pipeline", str(folder), "--steps", "1"]
+    args = ["upscale", str(img), "--stages", "auto",
+            "--scale", "2", "--pipeline", str(folder), "--steps", "1"]
     assert main([*args, "--max-megapixels", "1", "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--max-megapixels", "0.0001", "--out", str(tmp_path / "b")]) == 2
 
@@ -670,7 +705,8 @@ def test_upscale_writes_the_std_and_interval_maps_as_pixel_aligned_float_data(fo
     img = tmp_path / "photo.png"
     save_image(torch.rand(3, 10, 13, generator=torch.Generator().manual_seed(3)), img)
     out = tmp_path / "out"
-    assert main(["upscale", str(img), "--scale", "2", "--samples", "3", "--steps", "2",
+    assert main(["upscale", str(img), "--stages", "auto",
+                 "--scale", "2", "--samples", "3", "--steps", "2",
                  "--pipeline", str(folder), "--out", str(out)]) == 0
     std = load_map(out / "photo_x2_std.tiff")
     assert std.dtype == torch.float32 and tuple(std.shape) == (20, 26)

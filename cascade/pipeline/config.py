@@ -29,7 +29,9 @@ KNOBS = ("sampler", "steps", "eta", "temperature", "aug_level", "projection")
 class PipelineConfig:
     """Settings of a cascade run (configs/pipeline.yaml; ``key=value`` overrides)."""
 
-    stages: str = "auto"  # auto (every stage the pipeline has) | inr | inr+1 | inr+2 | bicubic
+    # auto (LAINR and every x2 diffusion stage the pipeline has) | inr | inr+1 | inr+2 |
+    # bicubic. `cascade upscale` defaults to inr instead (cascade.upscale.USER_STAGES).
+    stages: str = "auto"
     num_samples: int = 1
     seed: int = 0
     # Sampler knobs of the diffusion stages; None = the stage's own default (its checkpoint).
