@@ -15,7 +15,8 @@ cascade="$venv/bin/cascade"
 python="$venv/bin/python"
 out="${CASCADE_DEMO_OUT:-outputs/demo}"
 crop="${CASCADE_DEMO_CROP:-256}"
-knobs=(--samples 4 --steps 10)  # DPM-Solver++ 10 steps (docs/diffusion.md: sampling benchmark)
+knobs=(--stages auto --samples 4 --steps 10)  # the diffusion stages (cascade upscale alone runs
+# LAINR only: README, "Defaults"); DPM-Solver++ 10 steps (docs/diffusion.md: sampling benchmark)
 
 echo "== 1. the test photos: ${crop}x${crop} centre crops (ground truth) and their x4 inputs"
 "$python" scripts/make_crops.py builtin "$crop" "$out/photos"
@@ -29,7 +30,8 @@ echo "== 3. where is the detail invented? the std maps against the ground truth"
   --out "$out/uncertainty" --crop 128
 echo
 echo "== 4. any real scale: x3 (LAINR x1.5, then one x2 stage), 2 samples"
-"$cascade" upscale "$out/inputs_x4" --scale 3 --samples 2 --steps 10 --out "$out/upscale_x3"
+"$cascade" upscale "$out/inputs_x4" --scale 3 --stages auto --samples 2 --steps 10 \
+  --out "$out/upscale_x3"
 echo
 echo "== 5. evaluate bicubic, LAINR and the cascade (mean of 4 samples) at x4"
 "$cascade" evaluate --methods bicubic,lainr,cascade --data "$out/photos" --scales 4 \

@@ -320,3 +320,38 @@ def test_lattice_decoder_on_a_virtual_lattice():
     torch.testing.assert_close(out, ref.transpose(1, 2).reshape(1, 3, 13, 17), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="chunk"):
         model.decode_grid(model.encode(lr), ys, xs, cell, chunk=0)
+
+
+def test_lattice_groups_share_a_window_and_pad_little():
+    from cascade.inr.lattice import _groups
+
+    start = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3])
+    pos, valid = _groups(start)
+    # interior runs have 2 positions: the longer border runs are split into pieces of 2
+    assert pos.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 10]]
+    assert valid.tolist() == [[True, True]] * 5 + [[True, False]]
+    assert all(len(set(start[p].tolist())) == 1 for p in pos)  # one window per group
+    assert pos[valid].tolist() == list(range(len(start)))  # every position once, in order
+    one = _groups(torch.tensor([4]))
+    assert one[0].tolist() == [[0]] and one[1].tolist() == [[True]]
+
+
+def test_block_diagonal_gives_every_heads_scores_in_one_matmul():
+    from cascade.inr.lattice import _block_diagonal
+
+    g = torch.Generator().manual_seed(0)
+    heads, K, D = 4, 9, 32
+    k, q = torch.randn(2, K, D, generator=g), torch.randn(2, 5, D, generator=g)
+    s = (q @ _block_diagonal(k, heads)).view(2, 5, K, heads)
+    ref = torch.einsum("bqhd,bkhd->bqkh", q.view(2, 5, heads, -1), k.view(2, K, heads, -1))
+    torch.testing.assert_close(s, ref)
+
+
+def test_lattice_decoder_on_a_larger_lattice_with_uneven_groups():
+    """Many blocks, groups of 13 and 14 rows (x3.4), a batch of 2: still the reference."""
+    model = tiny()
+    lr = torch.rand(2, 3, 40, 46, generator=torch.Generator().manual_seed(5))
+    size = (136, 157)
+    ref = model.upscale_reference(lr, size)
+    torch.testing.assert_close(model.upscale(lr, size), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.upscale(lr, size, chunk=300), ref, atol=1e-5, rtol=0)

@@ -18,8 +18,11 @@ computes per query is a sum of a per-row and a per-column term, because
   computed once per LR pixel instead of once per query, and the query's offset inside the
   pixel adds a per-row and a per-column term.
 
-What remains per query: the gather of 9 projected tokens, the attention over them, and the
-64-wide hidden layers. ``decode_lattice`` is held to the reference decoder by
+What remains per query is the attention over its window and the 64-wide hidden layers, and
+those are computed in blocks: neighbouring queries share their window of tokens, so a block
+of them (~16 x 16 at x4) attends to the same 9 tokens with dense matmuls, and no per-query
+gather is left (``decode_lattice``; docs/lainr.md, "Speed"). The linear maps that follow
+one another are folded into one. ``decode_lattice`` is held to the reference decoder by
 ``tests/test_inr.py`` (1e-5).
 
 This module is also where LAINR is decoded on a lattice for the rest of the code:
@@ -128,8 +131,9 @@ def _groups(start: Tensor) -> tuple[Tensor, Tensor]:
     """Lattice rows (or columns) in groups that share one window of latent tokens.
 
     start (L,) the first token row of each position's window. Runs of equal ``start`` are
-    split into pieces of at most ``size`` positions, ``size`` the longest interior run (the two border runs are longer: the window is shifted,
-    not cropped, there), so that padding wastes little. Returns pos (G, size) the positions
+    split into pieces of at most ``size`` positions, ``size`` the longest interior run (the
+    two border runs are longer: the window is shifted, not cropped, there), so that padding
+    wastes little. Returns pos (G, size) the positions
     of each group, padded by repeating its last one, and valid (G, size).
     """
     counts = torch.unique_consecutive(start, return_counts=True)[1].tolist()
@@ -162,7 +166,7 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
                    cell: Tensor, rows: int = 64, progress: bool = False) -> Tensor:
     """The decoder's residual RGB at every (ys[r], xs[c]): (B, H, W, 3).
 
-    ys (H,), xs (W,) in [-1, 1], increasing; cell (2,) the HR pixel size in the same units
+    ys (H,), xs (W,) in [-1, 1]; cell (2,) the HR pixel size in the same units
     (as the reference decoder's ``cell``). Decodes about ``rows`` lattice rows at a time
     (bounded memory); ``progress`` shows a bar when that takes more than a few seconds.
 
@@ -171,10 +175,11 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
     keys and values, which are gathered once per block, not once per query.
     """
     tokens = latents.tokens  # (B, gh, gw, D)
-    B, gh, gw, _ = tokens.shape
+    B = tokens.shape[0]
     h, w = latents.size
     half = ys.new_tensor([h / 2, w / 2])
     Y, X = _axis(dec, latents, ys, 0), _axis(dec, latents, xs, 1)
+    # (the decoder's activations are ReLUs: LocalityAwareDecoder fixes them)
     hid = dec.to_query[0].out_features
     heads, n = dec.attn.heads, dec.neighbourhood
     nq = 2 * dec.gamma_q.freqs.numel()
@@ -233,12 +238,12 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
     ix = X["idx"][gx_pos[:, 0]]  # (Gx, n) the window's token columns
     x_ok = X["ok"][gx_pos[:, 0]]  # (Gx, n)
     kx_bd = _block_diagonal(k_x[gx_pos], heads).flatten(0, 1)  # (Gx*Lx, hid, n*H)
-    vx_bd = _block_diagonal(v_x[gx_pos], heads).flatten(0, 1).transpose(1, 2)  # (Gx*Lx, n*H, hid)
+    vx_bd = _block_diagonal(v_x[gx_pos], heads).flatten(0, 1).transpose(1, 2)  # (GxLx, nH, hid)
     per = max(1, rows // gy_pos.shape[1])  # row groups per step
 
     out = []
     starts = range(0, gy_pos.shape[0], per)
-    for g0 in nested_bar(starts, desc="lainr", unit="rows", delay=3,
+    for g0 in nested_bar(starts, desc="lainr", unit="row groups", delay=3,
                          disable=not progress or len(starts) < 2):
         pos, ok = gy_pos[g0:g0 + per], gy_ok[g0:g0 + per]  # (g, Ly)
         g, Ly = pos.shape
