@@ -149,12 +149,14 @@ def _add_sampling_flags(p, default_samples: int) -> None:
 
 
 def _add_upscale(sub) -> None:
-    p = sub.add_parser("upscale", help="upscale images to any scale or size (N samples, std maps)",
+    p = sub.add_parser("upscale", help="upscale images to any scale or size (LAINR; with "
+                                       "--stages auto: N samples, std maps)",
                        description="Upscale INPUT files (files, folders or globs) through LAINR "
-                                   "and the x2 diffusion stages. Writes OUT/NAME_x{S}.png, "
-                                   "OUT/NAME_x{S}_samples/, OUT/NAME_x{S}_std.png and "
-                                   "OUT/run.json. Trailing key=value items override "
-                                   "configs/pipeline.yaml settings (e.g. tiling.tile=128).")
+                                   "and, with --stages auto, the x2 diffusion stages. Writes "
+                                   "OUT/NAME_x{S}.png and OUT/run.json; with N > 1 samples also "
+                                   "OUT/NAME_x{S}_samples/ and the std and interval maps. "
+                                   "Trailing key=value items override configs/pipeline.yaml "
+                                   "settings (e.g. tiling.tile=128).")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--scale", help="any real scale >= 1, e.g. 4 or 2.5")
     p.add_argument("--size", help="exact output size WIDTHxHEIGHT")
@@ -165,8 +167,7 @@ def _add_upscale(sub) -> None:
     p.add_argument("--pipeline", default="checkpoints",
                    help="pipeline folder (save_pretrained) or checkpoints folder with lainr/, "
                         "sr3_x2/, sr3_x2_b/ (default checkpoints)")
-    p.add_argument("--checkpoint", help="LAINR checkpoint folder replacing the pipeline's "
-                                        "(with --stages auto: LAINR only)")
+    p.add_argument("--checkpoint", help="LAINR checkpoint folder replacing the pipeline's")
     _add_sampling_flags(p, default_samples=1)
     p.add_argument("--output", choices=OUTPUTS,
                    help="what NAME_x{S}.png holds: the mean of the samples (default) or the "

@@ -116,8 +116,7 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
 
     ``stages``: inr (default: LAINR alone), auto (every stage ``pipeline`` has), inr+1,
     inr+2, bicubic; N > 1 samples need a diffusion stage (one line otherwise);
-    ``checkpoint``: a LAINR checkpoint replacing the pipeline's (alone, with stages auto, it
-    means LAINR only, as before the diffusion stages). ``settings``: ``PipelineConfig``
+    ``checkpoint``: a LAINR checkpoint replacing the pipeline's. ``settings``: ``PipelineConfig``
     fields (num_samples, steps, sampler, projection, seed, output, ...).
     Raises CascadeError when nothing could be upscaled (one input that fails, or all).
     """
@@ -128,14 +127,7 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
     if stages is None and not _stages_given(config, overrides):
         stages = USER_STAGES
     cfg = pipeline_settings(config, overrides, stages=stages, **settings)
-    if cfg.stages == "auto" and checkpoint is not None:
-        cfg.stages = "inr"
-    spec = StageSpec.parse(cfg.stages)
-    if cfg.num_samples > 1 and spec.diffusion == 0:  # std maps of identical samples: zeros
-        raise ConfigError(f"--samples {cfg.num_samples} with --stages {cfg.stages}: "
-                          f"{'bicubic' if spec.bicubic else 'LAINR alone'} is deterministic "
-                          "and every sample would be the same; add --stages auto for the "
-                          "diffusion stages' samples and uncertainty maps")
+    _check_samples(cfg)
     budget_megapixels(max_megapixels)  # a bad budget fails before any work
     if len(inputs) == 1:
         files, failures = expand_inputs(inputs), []
@@ -161,6 +153,16 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
     return failures
 
 
+def _check_samples(cfg: PipelineConfig, why: str = "") -> None:
+    """N > 1 samples of a deterministic plan would be N equal images and zero std maps."""
+    spec = StageSpec.parse(cfg.stages)
+    if cfg.num_samples > 1 and spec.diffusion == 0:
+        raise ConfigError(f"{cfg.num_samples} samples with --stages {cfg.stages}{why}: "
+                          f"{'bicubic' if spec.bicubic else 'LAINR alone'} is deterministic "
+                          "and every sample would be the same; add --stages auto for the "
+                          "diffusion stages' samples and uncertainty maps")
+
+
 def _load_pipeline(cfg: PipelineConfig, checkpoint: str | None, pipeline: str,
                    dev: torch.device) -> CascadePipeline | None:
     """The pipeline resolved for ``cfg`` (None for bicubic); a missing stage fails here
@@ -180,6 +182,7 @@ def _run(files: list[Path], failures: list[str], s: float | None,
     pipe = _load_pipeline(cfg, checkpoint, pipeline, dev)
     if pipe is not None:
         cfg = pipe.config  # the stages resolved (auto -> inr+2)
+        _check_samples(cfg, f" ({pipeline} has no x2 diffusion stage)")
     single = len(files) == 1
     records: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}

@@ -326,14 +326,17 @@ def test_lattice_groups_share_a_window_and_pad_little():
     from cascade.inr.lattice import _groups
 
     start = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3])
-    pos, valid = _groups(start)
+    pos, valid = _groups(start, cap=8)
     # interior runs have 2 positions: the longer border runs are split into pieces of 2
     assert pos.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 10]]
     assert valid.tolist() == [[True, True]] * 5 + [[True, False]]
     assert all(len(set(start[p].tolist())) == 1 for p in pos)  # one window per group
     assert pos[valid].tolist() == list(range(len(start)))  # every position once, in order
-    one = _groups(torch.tensor([4]))
+    one = _groups(torch.tensor([4]), cap=8)
     assert one[0].tolist() == [[0]] and one[1].tolist() == [[True]]
+    # a tiny latent grid: every row in one run; the cap bounds the group (and the memory)
+    pos, valid = _groups(torch.zeros(10, dtype=torch.long), cap=4)
+    assert pos.shape == (3, 4) and pos[valid].tolist() == list(range(10))
 
 
 def test_block_diagonal_gives_every_heads_scores_in_one_matmul():

@@ -33,6 +33,8 @@ lattice, ``lattice_axes``) and ``decode_chunks`` (the per-query reference path,
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -127,18 +129,19 @@ def lainr_resample(model, lr: Tensor, count: tuple[int, int], virtual: tuple[flo
     return model.decode_grid(model.encode(lr), ys, xs, cell, chunk, progress)
 
 
-def _groups(start: Tensor) -> tuple[Tensor, Tensor]:
+def _groups(start: Tensor, cap: int) -> tuple[Tensor, Tensor]:
     """Lattice rows (or columns) in groups that share one window of latent tokens.
 
-    start (L,) the first token row of each position's window. Runs of equal ``start`` are
-    split into pieces of at most ``size`` positions, ``size`` the longest interior run (the
-    two border runs are longer: the window is shifted, not cropped, there), so that padding
-    wastes little. Returns pos (G, size) the positions
-    of each group, padded by repeating its last one, and valid (G, size).
+    start (L,) the first token row (or column) of each position's window. Runs of equal
+    ``start`` are split into groups of ``size`` positions or fewer: the longest interior
+    run, at most ``cap`` (the border runs are longer when the window is shifted, not
+    cropped, there; splitting them at ``size`` keeps the padding small). Returns pos
+    (G, size), the positions of each group padded by repeating its last one, and valid
+    (G, size).
     """
     counts = torch.unique_consecutive(start, return_counts=True)[1].tolist()
     inner = counts[1:-1] if len(counts) > 2 else counts
-    size = max(inner)
+    size = max(1, min(max(inner), cap))
     pos, valid, first = [], [], 0
     for c in counts:
         for p0 in range(first, first + c, size):
@@ -163,12 +166,13 @@ def _block_diagonal(t: Tensor, heads: int) -> Tensor:
 
 @torch.no_grad()
 def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: Tensor,
-                   cell: Tensor, rows: int = 64, progress: bool = False) -> Tensor:
+                   cell: Tensor, chunk: int = DECODE_CHUNK, progress: bool = False) -> Tensor:
     """The decoder's residual RGB at every (ys[r], xs[c]): (B, H, W, 3).
 
     ys (H,), xs (W,) in [-1, 1]; cell (2,) the HR pixel size in the same units
-    (as the reference decoder's ``cell``). Decodes about ``rows`` lattice rows at a time
-    (bounded memory); ``progress`` shows a bar when that takes more than a few seconds.
+    (as the reference decoder's ``cell``). Decodes about ``chunk`` queries per image at a
+    time (bounded memory, ~2.5 KB each); ``progress`` shows a bar when that takes more than
+    a few seconds.
 
     The lattice is cut into blocks of queries that share their n x n window of tokens
     (``_groups``): inside a block the attention is two dense matmuls against the window's
@@ -230,66 +234,75 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
 
     # Blocks: row groups g x column groups x; r, c index rows/columns inside a group.
     # Three layouts of the queries, each making one term a batch of plain matmuls:
-    #   image (g, r, x, c): the row terms (one key set per lattice row, over the row's Gx*Lx
+    #   image (g, r, x, c): the row terms (one key set per lattice row, over the row's
     #   queries); columns (x, c, g, r): the column terms; blocks (g, x, r, c): the tokens.
-    gy_pos, gy_ok = _groups(Y["idx"][:, 0])  # (Gy, Ly)
-    gx_pos, gx_ok = _groups(X["idx"][:, 0])  # (Gx, Lx)
-    Gx, Lx = gx_pos.shape
-    ix = X["idx"][gx_pos[:, 0]]  # (Gx, n) the window's token columns
-    x_ok = X["ok"][gx_pos[:, 0]]  # (Gx, n)
-    kx_bd = _block_diagonal(k_x[gx_pos], heads).flatten(0, 1)  # (Gx*Lx, hid, n*H)
-    vx_bd = _block_diagonal(v_x[gx_pos], heads).flatten(0, 1).transpose(1, 2)  # (GxLx, nH, hid)
-    per = max(1, rows // gy_pos.shape[1])  # row groups per step
+    # A block has at most sqrt(chunk) rows and columns; a step decodes about ``chunk``
+    # queries: several row groups of every column, or one row group of some columns.
+    side = max(1, math.isqrt(chunk))
+    gy_pos, gy_ok = _groups(Y["idx"][:, 0], side)  # (Gy, Ly)
+    gx_pos, gx_ok = _groups(X["idx"][:, 0], side)  # (Gx, Lx)
+    (Gy, Ly), (Gx, Lx) = gy_pos.shape, gx_pos.shape
+    per_row = max(1, chunk // (Ly * Gx * Lx))  # row groups per step
+    per_col = Gx if per_row > 1 else max(1, chunk // (Ly * Lx))  # column groups per step
+    kx_all = _block_diagonal(k_x[gx_pos], heads)  # (Gx, Lx, hid, n*H)
+    vx_all = _block_diagonal(v_x[gx_pos], heads).transpose(-1, -2)  # (Gx, Lx, n*H, hid)
+    steps = [(g0, x0) for g0 in range(0, Gy, per_row) for x0 in range(0, Gx, per_col)]
 
-    out = []
-    starts = range(0, gy_pos.shape[0], per)
-    for g0 in nested_bar(starts, desc="lainr", unit="row groups", delay=3,
-                         disable=not progress or len(starts) < 2):
-        pos, ok = gy_pos[g0:g0 + per], gy_ok[g0:g0 + per]  # (g, Ly)
-        g, Ly = pos.shape
+    rows_out, cols_out = [], []
+    for g0, x0 in nested_bar(steps, desc="lainr", unit="blocks", delay=3,
+                             disable=not progress or len(steps) < 2):
+        pos, ok = gy_pos[g0:g0 + per_row], gy_ok[g0:g0 + per_row]  # (g, Ly)
+        cpos, cok = gx_pos[x0:x0 + per_col], gx_ok[x0:x0 + per_col]  # (gx, Lx)
+        g, gx = pos.shape[0], cpos.shape[0]
         iy = Y["idx"][pos[:, 0]]  # (g, n) the window's token rows
+        ix = X["idx"][cpos[:, 0]]  # (gx, n) the window's token columns
         # 1. the query's input and projection (image layout)
-        q = torch.relu_(q_y[pos][:, :, None, None] + q_x[gx_pos])  # (g, Ly, Gx, Lx, hid)
+        q = torch.relu_(q_y[pos][:, :, None, None] + q_x[cpos])  # (g, Ly, gx, Lx, hid)
         q = F.linear(q, w_q, b_q)  # scaled by 1/sqrt(dh) already
-        q_blk = q.permute(0, 2, 1, 3, 4).reshape(g * Gx, Ly * Lx, hid)
-        q_col = q.permute(2, 3, 0, 1, 4).reshape(Gx * Lx, g * Ly, hid)
+        q_blk = q.permute(0, 2, 1, 3, 4).reshape(g * gx, Ly * Lx, hid)
+        q_col = q.permute(2, 3, 0, 1, 4).reshape(gx * Lx, g * Ly, hid)
         # 2. scores = q . (token + row + column term), per head, over the n x n window
         win = (slice(None), iy[:, None, :, None], ix[None, :, None, :])
-        kt = _block_diagonal(k_tok[win].flatten(3, 4), heads)  # (B, g, Gx, hid, n*n*H)
-        s = (q_blk @ kt.flatten(1, 2)).view(B, g, Gx, Ly, Lx, n, n, heads)
+        kt = _block_diagonal(k_tok[win].flatten(3, 4), heads)  # (B, g, gx, hid, n*n*H)
+        s = (q_blk @ kt.flatten(1, 2)).view(B, g, gx, Ly, Lx, n, n, heads)
         ky_bd = _block_diagonal(k_y[pos], heads).flatten(0, 1)  # (g*Ly, hid, n*H)
-        s_y = (q.view(g * Ly, Gx * Lx, hid) @ ky_bd).view(g, Ly, Gx, Lx, n, 1, heads)
-        s_x = (q_col @ kx_bd).view(Gx, Lx, g, Ly, 1, n, heads)
+        s_y = (q.view(g * Ly, gx * Lx, hid) @ ky_bd).view(g, Ly, gx, Lx, n, 1, heads)
+        s_x = (q_col @ kx_all[x0:x0 + gx].flatten(0, 1)).view(gx, Lx, g, Ly, 1, n, heads)
         s += s_y.permute(0, 2, 1, 3, 4, 5, 6)
         s += s_x.permute(2, 0, 3, 1, 4, 5, 6)
-        mask = Y["ok"][pos[:, 0]][:, None, :, None] & x_ok[None, :, None, :]  # (g, Gx, n, n)
+        mask = Y["ok"][pos[:, 0]][:, None, :, None] & X["ok"][cpos[:, 0]][None, :, None, :]
         if not bool(mask.all()):  # only when the latent grid is smaller than the window
             s = s.masked_fill(~mask[:, :, None, None, :, :, None], float("-inf"))
-        attn = s.flatten(5, 6).softmax(5)  # (B, g, Gx, Ly, Lx, n*n, H)
+        attn = s.flatten(5, 6).softmax(5)  # (B, g, gx, Ly, Lx, n*n, H)
         # 3. values: the tokens' through the block matrix; the row and column terms'
         #    through the attention's marginals over the window's columns and rows
         vt = _block_diagonal(v_tok[win].flatten(3, 4), heads).transpose(-1, -2)
-        o = attn.reshape(B, g * Gx, Ly * Lx, -1) @ vt.flatten(1, 2)  # (B, g*Gx, Ly*Lx, hid)
-        o = o.view(B, g, Gx, Ly, Lx, hid)
-        a = attn.unflatten(5, (n, n))  # (B, g, Gx, Ly, Lx, n, n, H)
-        vy_bd = _block_diagonal(v_y[pos], heads).flatten(0, 1).transpose(1, 2)  # (g*Ly, nH, hid)
-        a_y = a.sum(6).permute(0, 1, 3, 2, 4, 5, 6).reshape(B, g * Ly, Gx * Lx, n * heads)
-        o += (a_y @ vy_bd).view(B, g, Ly, Gx, Lx, hid).permute(0, 1, 3, 2, 4, 5)
-        a_x = a.sum(5).permute(0, 2, 4, 1, 3, 5, 6).reshape(B, Gx * Lx, g * Ly, n * heads)
-        o += (a_x @ vx_bd).view(B, Gx, Lx, g, Ly, hid).permute(0, 3, 1, 4, 2, 5)
+        o = attn.reshape(B, g * gx, Ly * Lx, -1) @ vt.flatten(1, 2)  # (B, g*gx, Ly*Lx, hid)
+        o = o.view(B, g, gx, Ly, Lx, hid)
+        a = attn.unflatten(5, (n, n))  # (B, g, gx, Ly, Lx, n, n, H)
+        vy_bd = _block_diagonal(v_y[pos], heads).flatten(0, 1).transpose(1, 2)  # (gLy, nH, hid)
+        a_y = a.sum(6).permute(0, 1, 3, 2, 4, 5, 6).reshape(B, g * Ly, gx * Lx, n * heads)
+        o += (a_y @ vy_bd).view(B, g, Ly, gx, Lx, hid).permute(0, 1, 3, 2, 4, 5)
+        a_x = a.sum(5).permute(0, 2, 4, 1, 3, 5, 6).reshape(B, gx * Lx, g * Ly, n * heads)
+        o += (a_x @ vx_all[x0:x0 + gx].flatten(0, 1)).view(B, gx, Lx, g, Ly, hid) \
+            .permute(0, 3, 1, 4, 2, 5)
         # 4. bands (folded) plus the local pixel path, and the summed RGB heads (image layout)
         o = o.permute(0, 1, 3, 2, 4, 5).reshape(-1, hid)
-        pre = (o @ w_fold.T).view(B, g, Ly, Gx, Lx, n_bands, hid)
+        pre = (o @ w_fold.T).view(B, g, Ly, gx, Lx, n_bands, hid)
         pre += b_y[pos][:, :, None, None].unflatten(-1, (n_bands, hid))
-        pre += b_x[gx_pos].unflatten(-1, (n_bands, hid))
+        pre += b_x[cpos].unflatten(-1, (n_bands, hid))
         if local is not None:
             per_pixel, py, px, o_y, o_x, w_p = local
-            lp = per_pixel[:, py[pos][:, :, None, None], px[gx_pos]]  # (B, g, Ly, Gx, Lx, hid)
+            lp = per_pixel[:, py[pos][:, :, None, None], px[cpos]]  # (B, g, Ly, gx, Lx, hid)
             lp += o_y[pos][:, :, None, None]
-            lp += o_x[gx_pos]
-            pre += (torch.relu_(lp).view(-1, hid) @ w_p.T).view(B, g, Ly, Gx, Lx, 1, hid)
+            lp += o_x[cpos]
+            pre += (torch.relu_(lp).view(-1, hid) @ w_p.T).view(B, g, Ly, gx, Lx, 1, hid)
         rgb = torch.addmm(b_rgb, torch.relu_(pre).view(-1, n_bands * hid), w_rgb.T)
-        rgb = rgb.view(B, g * Ly, Gx * Lx, 3)
+        rgb = rgb.view(B, g * Ly, gx * Lx, 3)
         # drop the padding: the valid positions of the groups, in order, are the lattice's
-        out.append(rgb[:, ok.flatten()][:, :, gx_ok.flatten()])
-    return torch.cat(out, dim=1)  # (B, H, W, 3)
+        cols_out.append(rgb[:, ok.flatten()][:, :, cok.flatten()])
+        if x0 + per_col >= Gx:  # the row step is complete
+            rows_out.append(torch.cat(cols_out, dim=2))
+            cols_out = []
+    return torch.cat(rows_out, dim=1)  # (B, H, W, 3)
+
