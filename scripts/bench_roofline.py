@@ -2,16 +2,18 @@
 
 One table, one run: the float32 matmul peak (a 2048^3 matmul, measured before and after the
 rows; the larger is the peak), then for each stage and a few sizes the FLOPs its networks
-execute (counted by ``torch.utils.flop_counter``), the median seconds, GFLOP/s and their
-share of the peak:
+execute (counted by ``torch.utils.flop_counter``: matmuls and convolutions as executed,
+including the lattice decoder's block-diagonal zeros and group padding; elementwise work is
+not counted), the median seconds, GFLOP/s and their share of the peak:
 
 * LAINR ``upscale`` (encode once + lattice decoder) at x2 and x4;
 * one sr3 UNet evaluation (``stage.unet``, batch 1) at 128^2 and 256^2 output pixels;
-* a whole x4 cascade call (LAINR and two x2 stages, one sample, ``--steps`` DPM-Solver++
-  steps) of a ``--cascade-side`` input: its wall time next to the seconds spent inside the
-  networks during that call (LAINR encode/decode and every UNet evaluation, timed by
-  wrapping them), and their ratio: what the pipeline costs beyond network arithmetic
-  (tiling, copies, planning, checkpoint reads).
+* a whole x4 cascade call (``--stages auto``: the x2 stages the pipeline has, LAINR where
+  the plan resamples; one sample, ``--steps`` DPM-Solver++ steps) of a ``--cascade-side``
+  input: its wall time next to the seconds spent inside the networks during that call
+  (every LAINR encode and decode, the pipeline's and each stage's conditioning LAINR, and
+  every UNet evaluation, timed by wrapping them), and their ratio: what the pipeline costs
+  beyond network arithmetic (tiling, copies, planning, checkpoint reads).
 
 Weights do not change the speed; the shipped checkpoints are used.
 
@@ -114,12 +116,14 @@ def main() -> None:
         # the whole call, with the time inside the networks measured during it
         lr = photo(args.cascade_side)
         timer = NetworkTimer()
-        timer.wrap(lainr, "encode")
-        timer.wrap(lainr, "decode_grid")
+        models = [lainr] + [getattr(d.stage.upsampler, "model", None) for d in pipe.diffusion]
+        for m in {id(m): m for m in models if m is not None}.values():  # each LAINR once
+            timer.wrap(m, "encode")
+            timer.wrap(m, "decode_grid")
         for d in pipe.diffusion:
             timer.wrap(d.stage.unet, "forward")
-        call = functools.partial(pipe, lr, scale=4, num_samples=1, steps=args.steps,
-                                 sampler="dpm", seed=0)
+        call = functools.partial(pipe, lr, scale=4, stages="auto", num_samples=1,
+                                 steps=args.steps, sampler="dpm", seed=0)
         gflop = count_flops(call) / 1e9
         call()  # warm-up
         walls, nets = [], []
@@ -132,17 +136,19 @@ def main() -> None:
         i = sorted(range(len(walls)), key=walls.__getitem__)[len(walls) // 2]  # the median
         wall, net = walls[i], nets[i]
         out = args.cascade_side * 4
+        plan = pipe.plan((args.cascade_side,) * 2, (out, out), "auto").describe()
         rows.append((f"cascade x4 {args.cascade_side}^2 -> {out}^2, {args.steps} steps",
                      gflop, wall, out * out / 1e6))
-    peak = max(peak0, matmul_peak(args.repeats))
+    peak1 = matmul_peak(args.repeats)
+    peak = max(peak0, peak1)
 
     print(f"float32 matmul peak (2048^3): {peak:.0f} GFLOP/s "
-          f"(before the rows {peak0:.0f}, after {peak:.0f} or less)\n")
+          f"(before the rows {peak0:.0f}, after {peak1:.0f})\n")
     print(f"{'work':<40} {'GFLOP':>8} {'seconds':>8} {'GFLOP/s':>8} {'of peak':>8} {'MP/s':>7}")
     for work, g, sec, mp in rows:
         print(f"{work:<40} {g:>8.2f} {sec:>8.3f} {g / sec:>8.1f} {g / sec / peak:>8.0%} "
               f"{mp / sec:>7.3f}")
-    print(f"\ncascade call: {wall:.2f} s wall, {net:.2f} s inside the networks "
+    print(f"\ncascade call [{plan}]: {wall:.2f} s wall, {net:.2f} s inside the networks "
           f"(LAINR encode/decode, UNet): wall / network = {wall / net:.2f}")
 
 
