@@ -16,3 +16,21 @@ def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of ``fn()`` as ``torch.utils.flop_counter`` counts them (matmuls, convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(repeats: int = 3) -> float:
+    """float32 GFLOP/s of one 2048^3 matmul on this machine, now: the peak the benchmarks
+    compare against, measured in the same run."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048**3 / median_time(lambda: a @ b, repeats) / 1e9

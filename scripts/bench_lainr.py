@@ -19,7 +19,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from cascade.benchmark import median_time
+from cascade.benchmark import count_flops, matmul_peak, median_time
 
 
 def main() -> None:
@@ -77,21 +77,6 @@ def train_table(model, args) -> None:
     print(f"{'scale':>6} {'batch':>6} {'queries':>8} {'s/step':>8} {'samples/s':>10}")
     for r in rows:
         print(f"{r[0]:>6} {r[1]:>6} {r[2]:>8} {r[3]:>8.3f} {r[4]:>10.1f}")
-
-
-def count_flops(fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
-def matmul_peak(repeats: int) -> float:
-    """float32 GFLOP/s of one 2048^3 matmul on this machine, now."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    t = median_time(lambda: a @ b, repeats)
-    return 2 * 2048**3 / t / 1e9
 
 
 def inference_table(model, args) -> None:

@@ -29,21 +29,7 @@ import time
 
 import torch
 
-from cascade.benchmark import median_time
-
-
-def count_flops(fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
-def matmul_peak(repeats: int) -> float:
-    """float32 GFLOP/s of one 2048^3 matmul on this machine, now."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    return 2 * 2048**3 / median_time(lambda: a @ b, repeats) / 1e9
+from cascade.benchmark import count_flops, matmul_peak, median_time
 
 
 def photo(side: int) -> torch.Tensor:
