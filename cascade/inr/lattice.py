@@ -71,15 +71,22 @@ def _axis(dec: LocalityAwareDecoder, latents: Latents, pos: Tensor, axis: int) -
     return {"u": u, "idx": idx, "ok": ok, "off": off, "nearest": nearest}
 
 
-def _local_per_pixel(dec: LocalityAwareDecoder, feats: Tensor) -> Tensor:
-    """The local path's pre-activation without the offset term, per LR pixel:
-    (B, C, h, w) -> (B, h, w, hidden)."""
+def _local_per_pixel(dec: LocalityAwareDecoder, padded: Tensor, rows: tuple[int, int],
+                     cols: tuple[int, int]) -> Tensor:
+    """The local path's pre-activation without the offset term, per LR pixel, for the LR
+    rows ``rows[0]..rows[1]`` and columns ``cols[0]..cols[1]`` (inclusive) only (a whole
+    large input at once would need ~C*k*k*12 bytes per LR pixel: 14 GB at 2048^2).
+
+    padded: the per-pixel features (B, C, h, w) padded by k // 2 on each side, replicating
+    the borders -> (B, rows, cols, hidden)."""
     k = dec.local_pixels
-    B, C, h, w = feats.shape
-    padded = F.pad(feats, (k // 2,) * 4, mode="replicate")  # borders replicate
-    patches = F.unfold(padded, k)  # (B, C*k*k, h*w), channel-major
+    B, C = padded.shape[:2]
+    (r0, r1), (c0, c1) = rows, cols
+    band = padded[:, :, r0:r1 + k, c0:c1 + k]  # the k x k neighbourhoods of the rectangle
+    nr, nc = r1 - r0 + 1, c1 - c0 + 1
+    patches = F.unfold(band, k)  # (B, C*k*k, nr*nc), channel-major
     # gather_local orders the values pixel-major: (k*k pixels) x C
-    vals = patches.view(B, C, k * k, h * w).permute(0, 3, 2, 1).reshape(B, h, w, k * k * C)
+    vals = patches.view(B, C, k * k, nr * nc).permute(0, 3, 2, 1).reshape(B, nr, nc, k * k * C)
     lin = dec.pixel_in[0]
     w_vals, _ = _split_linear(lin.weight, [k * k * C, 2])
     return F.linear(dec.pixel_norm(vals), w_vals, lin.bias)
@@ -224,13 +231,14 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
         if latents.pixel_features is None:
             raise ValueError("this decoder needs per-pixel features: build the encoder "
                              "with stem_channels > 0")
-        per_pixel = _local_per_pixel(dec, latents.pixel_features)  # (B, h, w, hidden)
+        k = dec.local_pixels
+        padded = F.pad(latents.pixel_features, (k // 2,) * 4, mode="replicate")
         py = Y["u"].floor().clamp(0, h - 1).long()  # (H,) the query's LR pixel row
         px = X["u"].floor().clamp(0, w - 1).long()
         _, wo = _split_linear(dec.pixel_in[0].weight, [dec.pixel_in[0].in_features - 2, 2])
         o_y = (Y["u"] - py - 0.5)[:, None] * wo[:, 0]  # (H, hidden)
         o_x = (X["u"] - px - 0.5)[:, None] * wo[:, 1]  # (W, hidden)
-        local = (per_pixel, py, px, o_y, o_x, dec.pixel_in[2].weight)
+        local = (padded, py, px, o_y, o_x, dec.pixel_in[2].weight)
 
     # Blocks: row groups g x column groups x; r, c index rows/columns inside a group.
     # Three layouts of the queries, each making one term a batch of plain matmuls:
@@ -292,8 +300,11 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
         pre += b_y[pos][:, :, None, None].unflatten(-1, (n_bands, hid))
         pre += b_x[cpos].unflatten(-1, (n_bands, hid))
         if local is not None:
-            per_pixel, py, px, o_y, o_x, w_p = local
-            lp = per_pixel[:, py[pos][:, :, None, None], px[cpos]]  # (B, g, Ly, gx, Lx, hid)
+            padded, py, px, o_y, o_x, w_p = local
+            ry, rx = py[pos], px[cpos]  # the LR pixels of this step's queries
+            r0, c0 = int(ry.min()), int(rx.min())
+            per_pixel = _local_per_pixel(dec, padded, (r0, int(ry.max())), (c0, int(rx.max())))
+            lp = per_pixel[:, (ry - r0)[:, :, None, None], rx - c0]  # (B, g, Ly, gx, Lx, hid)
             lp += o_y[pos][:, :, None, None]
             lp += o_x[cpos]
             pre += (torch.relu_(lp).view(-1, hid) @ w_p.T).view(B, g, Ly, gx, Lx, 1, hid)
