@@ -104,10 +104,14 @@ def load_config(
     path: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> DictConfig:
-    """Merge ``schema`` defaults <- YAML file <- ``extra`` (e.g. CLI flags) <- dotted overrides."""
+    """Merge ``schema`` defaults <- ``defaults`` (a command's own, e.g. `cascade upscale`'s
+    stages) <- YAML file <- ``extra`` (e.g. CLI flags) <- dotted overrides."""
     base = OmegaConf.structured(schema)
     layers: list[tuple[Any, str]] = []
+    if defaults:
+        layers.append((OmegaConf.create(defaults), "the command's defaults"))
     if path is not None:
         p = Path(path)
         if not p.is_file():

@@ -84,24 +84,13 @@ MAP_UNITS = {
 USER_STAGES = "inr"
 
 
-def _stages_given(config: str | None, overrides: Sequence[str]) -> bool:
-    """Whether the --config file or a key=value override sets ``stages``."""
-    if any(o.split("=", 1)[0].strip() == "stages" for o in overrides):
-        return True
-    if config is not None and Path(config).is_file():
-        try:
-            return "stages" in (OmegaConf.load(config) or {})
-        except Exception:  # a broken file fails with its own message in load_config
-            return False
-    return False
-
-
 def pipeline_settings(config: str | None = None, overrides: Sequence[str] = (),
-                      **flags: Any) -> PipelineConfig:
-    """configs/pipeline.yaml-style file <- flags (None = not given) <- key=value overrides,
-    checked (``--samples 0`` and friends fail here, before any work)."""
+                      defaults: dict[str, Any] | None = None, **flags: Any) -> PipelineConfig:
+    """``defaults`` <- configs/pipeline.yaml-style file <- flags (None = not given) <-
+    key=value overrides, checked (``--samples 0`` and friends fail here, before any work)."""
     extra = {k: v for k, v in flags.items() if v is not None}
-    cfg = OmegaConf.to_object(load_config(PipelineConfig, config, list(overrides), extra))
+    cfg = OmegaConf.to_object(load_config(PipelineConfig, config, list(overrides), extra,
+                                          defaults))
     check_settings(cfg)
     return cfg
 
@@ -116,17 +105,16 @@ def upscale_files(inputs: list[str], scale: str | float | None, size: str | None
 
     ``stages``: inr (default: LAINR alone), auto (every stage ``pipeline`` has), inr+1,
     inr+2, bicubic; N > 1 samples need a diffusion stage (one line otherwise);
-    ``checkpoint``: a LAINR checkpoint replacing the pipeline's. ``settings``: ``PipelineConfig``
-    fields (num_samples, steps, sampler, projection, seed, output, ...).
+    ``checkpoint``: a LAINR checkpoint replacing the pipeline's. ``settings``:
+    ``PipelineConfig`` fields (num_samples, steps, sampler, projection, seed, output, ...).
     Raises CascadeError when nothing could be upscaled (one input that fails, or all).
     """
     s = check_scale(scale) if scale is not None else None
     wanted = parse_size(size) if size is not None else None
     if s is None and wanted is None:
         raise CascadeError("give --scale S (any real >= 1) or --size WIDTHxHEIGHT")
-    if stages is None and not _stages_given(config, overrides):
-        stages = USER_STAGES
-    cfg = pipeline_settings(config, overrides, stages=stages, **settings)
+    cfg = pipeline_settings(config, overrides, defaults={"stages": USER_STAGES}, stages=stages,
+                            **settings)
     _check_samples(cfg)
     budget_megapixels(max_megapixels)  # a bad budget fails before any work
     if len(inputs) == 1:
