@@ -307,3 +307,30 @@ def test_sr3_is_an_evaluation_method_at_x2_and_through_its_upsampler_at_x4(tiny_
         m(lr, (63, 64))
     with pytest.raises(ConfigError, match="unknown setting 'stepz'.*did you mean 'steps'"):
         make_method("sr3", {"checkpoint": str(tiny_checkpoint), "stepz": 3})
+
+
+def test_conditioning_cache_is_recomputed_when_the_lainr_weights_change(tmp_path):
+    """The cache is keyed by the conditioning checkpoint's weights, not only its path: a
+    LAINR retrained into the same folder must not reuse the old conditioning."""
+    from cascade.checkpoint import save_checkpoint
+    from cascade.data.datasets import resolve_dataset
+    from cascade.data.io import save_image
+    from cascade.diffusion.task import SR3Task
+    from cascade.train import load_train_config
+
+    from conftest import tiny_lainr
+
+    save_image(resolve_dataset("builtin")[1]["image"][:, :64, :64], tmp_path / "d" / "a.png")
+    ck = tmp_path / "lainr"
+    cfg = load_train_config(TINY, [f"out={tmp_path / 'run'}", "data.hr_patch=32",
+                                   f"data.train=[{tmp_path / 'd'}]",
+                                   "data.cache=true", "conditioning.upsampler=lainr",
+                                   f"conditioning.checkpoint={ck}"])
+    conds = []
+    for head in ("0", "0.05"):  # bicubic-exact heads, then random ones, saved at the same path
+        lainr, lcfg = tiny_lainr((f"model.head_init_std={head}",))
+        save_checkpoint(ck, lainr.state_dict(), lcfg, "lainr")
+        conds.append(SR3Task(cfg).images[0]["cond"])
+        assert (tmp_path / "run" / "conditioning.safetensors").is_file()
+    assert float((conds[0] - conds[1]).abs().max()) > 1e-3
+    torch.testing.assert_close(SR3Task(cfg).images[0]["cond"], conds[1])  # and reused when equal

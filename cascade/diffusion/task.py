@@ -108,6 +108,15 @@ class SR3Task:
             cond = self.upsampler()(lr, tuple(hr.shape[-2:]))
         return {"hr": hr[0], "lr": lr[0], "cond": cond[0].float()}
 
+    def _weights_digest(self) -> str | None:
+        """The conditioning LAINR's ``model.safetensors`` sha256 (from its checkpoint.json), so
+        a cache made with other weights at the same path is recomputed, not silently reused."""
+        c = self.cfg.conditioning
+        if c.upsampler != "lainr":
+            return None
+        meta = Path(c.checkpoint) / "checkpoint.json"
+        return json.loads(meta.read_text()).get("sha256") if meta.is_file() else None
+
     def _training_images(self) -> list[dict[str, torch.Tensor]]:
         from cascade.data.datasets import resolve_dataset
 
@@ -115,7 +124,8 @@ class SR3Task:
         files = [(name, ds, i) for name in d.train
                  for ds in [resolve_dataset(name, split=d.split)] for i in range(len(ds))]
         key = json.dumps({"files": [str(ds.paths[i]) for _, ds, i in files], "scale": self.s,
-                          "cond": dict(self.cfg.conditioning), "v": 1}, sort_keys=True)
+                          "cond": dict(self.cfg.conditioning), "weights": self._weights_digest(),
+                          "v": 2}, sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         cache = Path(self.cfg.out) / "conditioning.safetensors"
         if d.cache and cache.is_file():
