@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cascade.atomic import atomic_write_text
-from cascade.data.datasets import resolve_dataset
+from cascade.data.datasets import centre_crop, resolve_dataset
 from cascade.data.degrade import check_scale, degrade
 from cascade.devices import resolve_device
 from cascade.errors import CascadeError, ConfigError
@@ -43,15 +43,6 @@ from cascade.upscale import pipeline_settings
 
 # Below this many fit images the report warns (the guarantee is over images, not pixels).
 MIN_FIT_IMAGES = 10
-
-
-def _centre_crop(img: torch.Tensor, crop: int) -> torch.Tensor:
-    if crop <= 0:
-        return img
-    H, W = img.shape[-2:]
-    c_h, c_w = min(crop, H), min(crop, W)
-    y, x = (H - c_h) // 2, (W - c_w) // 2
-    return img[..., y:y + c_h, x:x + c_w]
 
 
 def calibrate(data: str, scale: float | str, pipeline: str = "checkpoints", crop: int = 0,
@@ -112,7 +103,7 @@ def _run_images(pipe, ds, n_img: int, s: float, crop: int, parity: int, spec: st
     fit_scores, test, res, plan = [], [], None, None
     for i in tqdm(range(n_img), desc=f"calibrate x{s:g} ({spec}, N={cfg.num_samples})",
                   unit="img", dynamic_ncols=True):
-        hr, lr = degrade(_centre_crop(ds[i]["image"], crop)[None], s)  # (1,3,H,W), (1,3,h,w)
+        hr, lr = degrade(centre_crop(ds[i]["image"], crop)[None], s)  # (1,3,H,W), (1,3,h,w)
         fitting = i % 2 == parity
         res = pipe(lr[0], size=tuple(hr.shape[-2:]), keep_samples=not fitting)
         if not res.plan.stochastic:

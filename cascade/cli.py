@@ -58,6 +58,8 @@ def _add_evaluate(sub) -> None:
                    help="torch-fidelity InceptionV3 weights file for FID/KID")
     p.add_argument("--checkpoint", help="checkpoint folder for the learned method (lainr)")
     p.add_argument("--out", help="output folder (default outputs/eval)")
+    p.add_argument("--crop", type=int,
+                   help="evaluate centre crops of this many HR pixels (default 0: whole images)")
     p.add_argument("--device", help="cpu (default), cuda or auto")
     p.add_argument("--save-images", dest="save_images", action="store_true",
                    help="write every output image under OUT/images/")
@@ -72,7 +74,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from cascade.evaluation.run import EvalConfig, evaluate, format_table, summarize
 
     extra = _flags(args, ["methods", "data", "scales", "metrics", "out", "device", "save_images",
-                          "lpips_weights", "inception_weights"])
+                          "lpips_weights", "inception_weights"]) | _given(args, ["crop"])
     if args.no_resume:
         extra["resume"] = False
     if args.checkpoint:

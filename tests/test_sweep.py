@@ -234,3 +234,33 @@ def test_tables_name_a_lone_variant_by_its_label_keys_and_variants_by_what_diffe
                                                 "cascade(aug_level=0.05)"]
     assert variant_labels([{"method": "unregistered", "settings": {"a": 1}}]) == [
         "unregistered(a=1)"]
+
+
+def test_crop_evaluates_centre_crops_under_their_own_set_name(photos, tmp_path):
+    """``crop`` cuts the centre of each HR image before degrading it; the rows name the set
+    ``NAME@CROP`` so they never mix with (or resume from) whole-image rows."""
+    from cascade.data.datasets import centre_crop
+    from cascade.data.degrade import degrade, upscale_bicubic
+    from cascade.metrics import METRICS
+
+    out = tmp_path / "e"
+    whole = evaluate(_cfg(photos, out, "metrics=[psnr]", sweep=False))
+    rows = evaluate(_cfg(photos, out, "metrics=[psnr]", "crop=32", sweep=False))
+    cropped = [r for r in rows if str(r["dataset"]).endswith("@32") and r["image"] != SET_ROW]
+    assert len(whole) == 2 and len(cropped) == 2 and len(rows) == 4
+    img = resolve_dataset(str(photos))[0]["image"]
+    hr, lr = degrade(centre_crop(img, 32)[None], 2.0)
+    want = METRICS.get("psnr")(upscale_bicubic(lr, (32, 32)).clamp(0, 1), hr, lr=lr, scale=2.0,
+                               y_channel=True)
+    got = [r["psnr"] for r in cropped if r["image"] == resolve_dataset(str(photos)).names[0]]
+    assert got == pytest.approx([float(want[0])], abs=1e-4)
+    with pytest.raises(ConfigError, match="crop=-1"):
+        evaluate(_cfg(photos, out, "crop=-1", sweep=False))
+
+
+def test_centre_crop_takes_the_middle_and_caps_at_the_image():
+    from cascade.data.datasets import centre_crop
+
+    x = torch.arange(6 * 8.0).reshape(1, 6, 8)
+    torch.testing.assert_close(centre_crop(x, 4), x[:, 1:5, 2:6])
+    assert centre_crop(x, 100).shape == (1, 6, 8) and centre_crop(x, 0) is x

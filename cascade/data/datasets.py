@@ -176,6 +176,16 @@ def resolve_dataset(name: str, split: str = "test") -> ImageFolder:
     return ImageFolder.from_path(name)
 
 
+def centre_crop(img: torch.Tensor, crop: int) -> torch.Tensor:
+    """The centre ``crop`` x ``crop`` of (..., H, W) (each side capped at the image's); 0: all."""
+    if crop <= 0:
+        return img
+    H, W = img.shape[-2:]
+    c_h, c_w = min(crop, H), min(crop, W)
+    y, x = (H - c_h) // 2, (W - c_w) // 2
+    return img[..., y:y + c_h, x:x + c_w]
+
+
 def apply_flips(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Horizontal flip, vertical flip, transpose of (..., H, W), each where ``flips`` (3 bools)
     says: the 8 symmetries of the square, for crop augmentation."""

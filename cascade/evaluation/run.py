@@ -44,6 +44,8 @@ class EvalConfig:
     # Named sets (set5, set14, bsd68, builtin) or paths (folder, file, glob).
     data: list[str] = field(default_factory=lambda: ["set5"])
     split: str = "test"  # split of the built-in photos
+    # Centre crops of this HR side (0: whole images); rows then name the set "bsd68@128".
+    crop: int = 0
     scales: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0])
     # Per image: psnr ssim lr_psnr lpips swd hf_ratio; per set (on patches): fid kid.
     metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "lr_psnr"])
@@ -104,6 +106,8 @@ def evaluate(cfg) -> list[dict[str, Any]]:
         METHODS.get(name)
     set_metrics = [m for m in cfg.metrics if m in SET_METRICS]
     image_metrics = {m: metrics_pkg.METRICS.get(m) for m in cfg.metrics if m not in SET_METRICS}
+    if cfg.crop < 0:
+        raise ConfigError(f"crop={cfg.crop}: use 0 (whole images) or a side in pixels")
     if cfg.fid_patch < 8:
         raise ConfigError(f"fid_patch={cfg.fid_patch} is too small; use 32 or more (default 64)")
     datasets = [resolve_dataset(d, split=cfg.split) for d in cfg.data]
@@ -135,18 +139,20 @@ def evaluate(cfg) -> list[dict[str, Any]]:
 
 def _evaluate_group(run: _Run, method, ds, scale: float, bar) -> None:
     """One variant on one dataset at one scale: a row per image, then the set row (FID/KID)."""
+    from cascade.data.datasets import centre_crop
     from cascade.data.degrade import degrade
     from cascade.data.io import load_image, save_image
     from cascade.metrics.perceptual import features, patches, set_scores
 
     cfg = run.cfg
-    base = {"method": method.name, "settings": method.settings, "dataset": ds.name,
+    dataset = f"{ds.name}@{cfg.crop}" if cfg.crop > 0 else ds.name
+    base = {"method": method.name, "settings": method.settings, "dataset": dataset,
             "scale": scale}
     set_todo = run.missing(run.done.get(row_key({**base, "image": SET_ROW})), run.set_metrics)
     set_live = [m for m in set_todo if run.available[m]]
     if set_todo and not set_live:  # no backbone: record n/a once, run nothing for it
         run.store.append({**base, "image": SET_ROW, **{m: None for m in set_todo}})
-    cache_dir = (run.out / "images" / variant_dir(method.name, method.settings) / ds.name
+    cache_dir = (run.out / "images" / variant_dir(method.name, method.settings) / dataset
                  / f"x{format_scale(scale)}")
     sr_patches, hr_patches = [], []
     for i, name in enumerate(ds.names):
@@ -155,7 +161,8 @@ def _evaluate_group(run: _Run, method, ds, scale: float, bar) -> None:
         if have is not None and not todo and not set_live:
             bar.update()
             continue
-        hr, lr = degrade(ds[i]["image"][None].to(run.device), scale)  # (1,3,H,W), (1,3,h,w)
+        image = centre_crop(ds[i]["image"], cfg.crop)[None].to(run.device)
+        hr, lr = degrade(image, scale)  # (1,3,H,W), (1,3,h,w)
         row: dict[str, Any] = {**base, "image": name}
         cached = cache_dir / f"{name}.png"
         if have is not None and cached.is_file():  # a finished row's output: no model run
