@@ -8,5 +8,6 @@ __all__ = ["OUTPUTS", "SAMPLERS", "STAGE_CHOICES"]
 # --stages: auto (every stage the pipeline has) | inr (LAINR only) | inr+1 / inr+2 (LAINR
 # and one / two x2 diffusion stages) | bicubic (the baseline)
 STAGE_CHOICES = ("auto", "inr", "inr+1", "inr+2", "bicubic")
-SAMPLERS = ("ddpm", "ddim", "dpm")  # the diffusion stages' samplers
+# the diffusion stages' samplers; dpm_karras: DPM-Solver++ 2M on Karras et al.'s noise levels
+SAMPLERS = ("ddpm", "ddim", "dpm", "dpm_karras")
 OUTPUTS = ("mean", "sample")  # what NAME_x{S}.png holds
