@@ -4,8 +4,9 @@ high-frequency energy (issue 13: the first stages, trained on 14 small photos, c
 green-dominant crop in embossed noise, HF ratio 26 and 15 dB below LAINR).
 
 A built-in test photo (never trained on) is recoloured by channel permutations and hue
-rotations, downscaled x2 and upscaled by the first x2 stage, one sample, 10 DPM-Solver++
-steps. The full measurement is ``configs/eval/unseen.yaml`` (docs/training.md).
+rotations, downscaled x2 and upscaled by the first x2 stage, one sample, 10 steps of its own
+sampler (DPM-Solver++ on Karras sigmas). The full measurement is
+``configs/eval/unseen.yaml`` (docs/training.md).
 """
 
 import pytest

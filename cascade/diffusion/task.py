@@ -52,7 +52,7 @@ class SR3DataConfig:
     val: list[str] = field(default_factory=lambda: ["builtin"])
     val_split: str = "test"
     val_crop: int = 128  # centre crops of this HR side
-    val_steps: int = 20  # DPM-Solver++ steps for validation samples
+    val_steps: int = 20  # sampler steps for validation samples (the sampling: block's sampler)
     val_images: int = 4  # at most this many held-out images
 
 
@@ -224,8 +224,8 @@ class SR3Task:
         lr = torch.stack([p["lr"] for p in pairs])
         cond = torch.stack([p["cond"] for p in pairs])
         dev = next(model.parameters()).device
-        x = stage(lr.to(dev), cond=cond.to(dev), seed=0, sampler="dpm",
-                  steps=self.cfg.data.val_steps)[:, 0]
+        # the stage's own sampler (sampling:), with the validation's step count
+        x = stage(lr.to(dev), cond=cond.to(dev), seed=0, steps=self.cfg.data.val_steps)[:, 0]
         out = {}
         for name, img in (("sample", x), ("cond", cond.clamp(0, 1))):
             out[f"psnr_{name}"] = float(psnr(img, hr, scale=self.s).mean())

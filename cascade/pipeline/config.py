@@ -42,10 +42,11 @@ class PipelineConfig:
     aug_level: Optional[float] = None
     projection: Optional[float] = None
     # Highest temperature of a diffusion stage whose sample feeds another diffusion stage
-    # (the first of the two x2 stages at x4): its invented texture is the next stage's
-    # conditioning and gets amplified, so it samples cooler (docs/pipeline.md, "Sampling
-    # temperatures of the chain"). None: no cap; an explicit ``temperature`` sets every stage.
-    chain_temperature: Optional[float] = 0.9
+    # (the first of the two x2 stages at x4). None (default): no cap, since the stages sample
+    # with dpm_karras, whose samples are not over-sharp at T = 1; 0.9 was the default with
+    # evenly spaced DPM-Solver++ steps (docs/pipeline.md, "Sampling temperatures of the
+    # chain"). An explicit ``temperature`` sets every stage.
+    chain_temperature: Optional[float] = None
     output: str = "mean"  # what NAME_x{S}.png holds: mean (of the N samples) | sample (the 1st)
     tiling: TileConfig = field(default_factory=TileConfig)
     lainr_chunk: int = DECODE_CHUNK  # LAINR queries decoded at once
