@@ -66,7 +66,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--no-resume", dest="no_resume", action="store_true",
                    help="recompute rows already in results.jsonl")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    p.set_defaults(run=_run_evaluate)
+    p.set_defaults(run=_run_evaluate, trailing="overrides")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -237,7 +237,7 @@ def _add_calibrate(sub) -> None:
                    help="report only; leave the pipeline's calibration.json as it is")
     p.add_argument("--device", default="cpu")
     p.add_argument("overrides", nargs="*", help="key=value pipeline settings")
-    p.set_defaults(run=_run_calibrate)
+    p.set_defaults(run=_run_calibrate, trailing="overrides")
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
@@ -395,14 +395,21 @@ def _version() -> str:
     return f"cascade {__version__}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line -> its namespace; positional items (inputs, key=value overrides) may
+    stand before and after the options, e.g. ``evaluate data=[bsd68] --crop 128 scales=[4]``."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    trailing = getattr(args, "trailing", None)  # key=value items after the options
+    trailing = getattr(args, "trailing", None)  # positional items given after an option
     if extra and trailing and not any(e.startswith("-") for e in extra):
         setattr(args, trailing, getattr(args, trailing) + extra)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return args.run(args)
     except CascadeError as e:

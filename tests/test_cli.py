@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cascade.cli import main
+from cascade.cli import main, parse_args
 from cascade.data.datasets import resolve_dataset
 from cascade.data.io import load_image, save_image
 
@@ -139,3 +139,13 @@ def test_diagnose_spectrum_and_compare_write_pngs(photos, tiny_checkpoint, tmp_p
     assert main(["compare", str(photos / "chelsea.png"), "--scale", "2", "--methods", "bicubic",
                  "--crop", "32", "--out", str(cmp_out)]) == 0
     assert list(cmp_out.glob("*.png"))
+
+
+@pytest.mark.parametrize("command,head,option", [
+    ("evaluate", ["--config", "e.yaml"], ["--device", "cpu"]),
+    ("calibrate", ["--data", "bsd68", "--scale", "4"], ["--seed", "3"])])
+def test_overrides_may_stand_before_and_after_an_option(command, head, option):
+    args = parse_args([command, *head, "a=1", *option, "b=[2]", "c.d=x"])
+    assert args.overrides == ["a=1", "b=[2]", "c.d=x"]
+    with pytest.raises(SystemExit):  # an unknown option among them is still refused
+        parse_args([command, *head, "a=1", "--no-such-flag", "b=2"])
