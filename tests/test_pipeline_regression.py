@@ -10,7 +10,9 @@ code must not change a single value.
 
 The recording was made with the code before the restructuring (issue 14), and made again
 when the lattice decoder began computing in blocks (issue 15: the same function in another
-order of float32 operations; values moved by ~1e-7). To record again after an intended
+order of float32 operations; values moved by ~1e-7), and again when the stages' sampler
+became ``dpm_karras`` and the chain's temperature cap was removed (issue 13: intended new
+values at every scale with a diffusion stage). To record again after an intended
 change of numerics: ``python tests/test_pipeline_regression.py``.
 """
 
