@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -290,6 +293,31 @@ def test_registry_config_and_errors():
 # ------------------------------------------------------------------ the lattice decoder
 
 
+@pytest.fixture(params=["torch", "native"])
+def lattice_path(request, monkeypatch):
+    """Runs a test once with the PyTorch lattice decoder and once with the fused C one
+    (``cascade.inr.native``), which then must decode every lattice it applies to."""
+    import cascade.inr.native as native
+
+    if request.param == "torch":
+        monkeypatch.setattr(native, "load_kernel", lambda: None)
+        yield "torch"
+        return
+    if native.load_kernel() is None:
+        pytest.skip("no C compiler here: the fused decoder is not built")
+    used = []
+    real = native.decode_native
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(native, "decode_native", spy)
+    yield "native"
+    assert not used or any(used), "the fused decoder never ran"
+
+
 @pytest.mark.parametrize("kw,lr_hw,size", [
     ({}, (9, 13), (21, 30)),  # x2.3, non-square
     ({}, (5, 6), (30, 33)),  # a 2 x 2 latent grid: windows with masked repeats
@@ -299,20 +327,23 @@ def test_registry_config_and_errors():
     ({"neighbourhood": 2, "sigma_l": [64.0, 16.0, 4.0]}, (16, 10), (33, 40)),
     ({"neighbourhood": 5, "local_pixels": 5}, (14, 12), (40, 37)),
 ])
-def test_lattice_decoder_matches_the_reference(kw, lr_hw, size):
+def test_lattice_decoder_matches_the_reference(kw, lr_hw, size, lattice_path):
     model = tiny(**kw)
     lr = torch.rand(2, 3, *lr_hw, generator=torch.Generator().manual_seed(3))
+    if lattice_path == "native" and min(model.encode(lr).tokens.shape[1:3]) < \
+            model.config.neighbourhood:
+        pytest.skip("a latent grid under the window: the PyTorch decoder's case")
     ref = model.upscale_reference(lr, size)
     torch.testing.assert_close(model.upscale(lr, size), ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(model.upscale(lr, size, chunk=7), ref, atol=1e-5, rtol=0)
 
 
-def test_lattice_decoder_on_a_virtual_lattice():
+def test_lattice_decoder_on_a_virtual_lattice(lattice_path):
     """The pipeline's LAINR step decodes the first rows/columns of a finer grid."""
     from cascade.inr.lattice import lattice_axes
 
     model = tiny()
-    lr = torch.rand(1, 3, 8, 10, generator=torch.Generator().manual_seed(4))
+    lr = torch.rand(1, 3, 13, 15, generator=torch.Generator().manual_seed(4))  # 4 x 4 tokens
     ys, xs, cell = lattice_axes((13, 17), (12.5, 16.25))
     out = model.decode_grid(model.encode(lr), ys, xs, cell, chunk=40)  # (1, 3, 13, 17)
     coord = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(1, -1, 2)
@@ -350,7 +381,7 @@ def test_block_diagonal_gives_every_heads_scores_in_one_matmul():
     torch.testing.assert_close(s, ref)
 
 
-def test_lattice_decoder_on_a_larger_lattice_with_uneven_groups():
+def test_lattice_decoder_on_a_larger_lattice_with_uneven_groups(lattice_path):
     """Many blocks, groups of 13 and 14 rows (x3.4), a batch of 2: still the reference."""
     model = tiny()
     lr = torch.rand(2, 3, 40, 46, generator=torch.Generator().manual_seed(5))
@@ -358,3 +389,74 @@ def test_lattice_decoder_on_a_larger_lattice_with_uneven_groups():
     ref = model.upscale_reference(lr, size)
     torch.testing.assert_close(model.upscale(lr, size), ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(model.upscale(lr, size, chunk=300), ref, atol=1e-5, rtol=0)
+
+
+def test_fused_decoder_matches_the_pytorch_one_on_the_shipped_shape():
+    """The shipped LAINR's widths (hidden 64, 4 heads, 3 x 3 window, two bands), an
+    integer and a fractional scale: the fused decoder equals the PyTorch one (1e-5)."""
+    from cascade.inr.lattice import decode_lattice, lattice_axes
+    from cascade.inr.native import load_kernel
+
+    if load_kernel() is None:
+        pytest.skip("no C compiler here: the fused decoder is not built")
+    model = tiny(dim=32, hidden=64, heads=4, n_freq_q=8, n_freq_l=16, stem_channels=8)
+    lr = torch.rand(1, 3, 23, 19, generator=torch.Generator().manual_seed(6))
+    latents = model.encode(lr)
+    for size in [(92, 76), (57, 41)]:
+        ys, xs, cell = lattice_axes(size, size)
+        ref = decode_lattice(model.decoder, latents, ys, xs, cell, native=False)
+        out = decode_lattice(model.decoder, latents, ys, xs, cell, native=True)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_fused_decoder_says_why_it_does_not_apply():
+    from cascade.inr.lattice import decode_lattice, lattice_axes
+
+    model = tiny()
+    ys, xs, cell = lattice_axes((12, 12), (12, 12))
+    small = model.encode(torch.rand(1, 3, 5, 6))  # a 2 x 2 latent grid under the 3 x 3 window
+    with pytest.raises(RuntimeError, match="smaller than the decoder's window"):
+        decode_lattice(model.decoder, small, ys, xs, cell, native=True)
+    odd = tiny(hidden=12, heads=2)
+    with pytest.raises(RuntimeError, match="not a multiple of 8"):
+        decode_lattice(odd.decoder, odd.encode(torch.rand(1, 3, 16, 16)), ys, xs, cell,
+                       native=True)
+
+
+def test_without_a_compiler_lainr_warns_once_and_decodes_with_pytorch(monkeypatch, tmp_path):
+    import cascade.inr.native as native
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("CASCADE_CACHE", str(tmp_path))
+    native.load_kernel.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no C compiler.*decoding with PyTorch"):
+            assert native.load_kernel() is None
+        model = tiny()
+        lr = torch.rand(1, 3, 9, 13, generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(model.upscale(lr, (21, 30)),
+                                   model.upscale_reference(lr, (21, 30)), atol=1e-5, rtol=0)
+        monkeypatch.setenv("CASCADE_NATIVE", "0")  # off on purpose: no warning
+        native.load_kernel.cache_clear()
+        assert native.load_kernel() is None
+    finally:
+        native.load_kernel.cache_clear()
+
+
+def test_fused_decoder_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    import cascade.inr.native as native
+
+    if shutil.which(os.environ.get("CC") or "cc") is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("CASCADE_CACHE", str(tmp_path))
+    native.load_kernel.cache_clear()
+    try:
+        assert native.load_kernel() is not None
+        built = list(tmp_path.glob("lattice_kernel-*.so"))
+        assert len(built) == 1 and not list(tmp_path.glob("*.tmp*"))
+        stamp = built[0].stat().st_mtime_ns
+        native.load_kernel.cache_clear()
+        assert native.load_kernel() is not None  # a second process: loaded, not rebuilt
+        assert built[0].stat().st_mtime_ns == stamp
+    finally:
+        native.load_kernel.cache_clear()

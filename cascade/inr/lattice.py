@@ -34,6 +34,7 @@ lattice, ``lattice_axes``) and ``decode_chunks`` (the per-query reference path,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -74,22 +75,28 @@ def _axis(dec: LocalityAwareDecoder, latents: Latents, pos: Tensor, axis: int) -
 def _local_per_pixel(dec: LocalityAwareDecoder, padded: Tensor, rows: tuple[int, int],
                      cols: tuple[int, int]) -> Tensor:
     """The local path's pre-activation without the offset term, per LR pixel, for the LR
-    rows ``rows[0]..rows[1]`` and columns ``cols[0]..cols[1]`` (inclusive) only (a whole
-    large input at once would need ~C*k*k*12 bytes per LR pixel: 14 GB at 2048^2).
+    rows ``rows[0]..rows[1]`` and columns ``cols[0]..cols[1]`` (inclusive) only.
 
     padded: the per-pixel features (B, C, h, w) padded by k // 2 on each side, replicating
-    the borders -> (B, rows, cols, hidden)."""
+    the borders -> (B, rows, cols, hidden). The path is ``W LayerNorm(x) + b`` over the
+    k x k pixels' features x (k*k*C numbers). With LayerNorm's scale folded into W, that is
+    ``rstd * (W' x - sum(W') mean) + b'``: ``W' x`` over every pixel's neighbourhood is a
+    k x k convolution, and the neighbourhood's mean and mean square are average pools of
+    the per-pixel channel means; nothing of size k*k*C per pixel is built."""
     k = dec.local_pixels
-    B, C = padded.shape[:2]
+    C = padded.shape[1]
     (r0, r1), (c0, c1) = rows, cols
     band = padded[:, :, r0:r1 + k, c0:c1 + k]  # the k x k neighbourhoods of the rectangle
-    nr, nc = r1 - r0 + 1, c1 - c0 + 1
-    patches = F.unfold(band, k)  # (B, C*k*k, nr*nc), channel-major
-    # gather_local orders the values pixel-major: (k*k pixels) x C
-    vals = patches.view(B, C, k * k, nr * nc).permute(0, 3, 2, 1).reshape(B, nr, nc, k * k * C)
-    lin = dec.pixel_in[0]
-    w_vals, _ = _split_linear(lin.weight, [k * k * C, 2])
-    return F.linear(dec.pixel_norm(vals), w_vals, lin.bias)
+    lin, norm = dec.pixel_in[0], dec.pixel_norm
+    w_vals, _ = _split_linear(lin.weight, [k * k * C, 2])  # columns: (pixel, channel)
+    w = w_vals * norm.weight  # (hid, k*k*C)
+    bias = lin.bias + w_vals @ norm.bias
+    conv = w.unflatten(1, (k, k, C)).permute(0, 3, 1, 2)  # (hid, C, k, k)
+    wx = F.conv2d(band, conv)  # (B, hid, rows, cols)
+    mean = F.avg_pool2d(band.mean(1, keepdim=True), k, stride=1)  # (B, 1, rows, cols)
+    var = F.avg_pool2d(band.square().mean(1, keepdim=True), k, stride=1) - mean.square()
+    out = (wx - w.sum(1)[:, None, None] * mean) * (var.clamp_min(0) + norm.eps).rsqrt()
+    return (out + bias[:, None, None]).permute(0, 2, 3, 1)
 
 
 def lattice_axes(count: tuple[int, int], virtual: tuple[float, float], device=None,
@@ -171,35 +178,42 @@ def _block_diagonal(t: Tensor, heads: int) -> Tensor:
     return bd.permute(*range(nl), nl + 3, nl + 2, nl, nl + 1).reshape(*lead, D, K * heads)
 
 
+@dataclass
+class LatticeTerms:
+    """What every query of a lattice shares with its row or its column: the decoder with
+    its linear maps split per axis and folded (module docstring), for ``ys`` (H,), ``xs``
+    (W,). Both lattice decoders (the PyTorch one here, the fused one in
+    :mod:`cascade.inr.native`) start from these."""
+
+    Y: dict  # per-row window indices, masks, offsets (``_axis``)
+    X: dict  # per-column
+    q_y: Tensor  # (H, hid) the query input's row term
+    q_x: Tensor  # (W, hid) ... column term, with the bias and the cell
+    k_y: Tensor  # (H, n, hid) positional keys of each row's n token rows
+    v_y: Tensor  # (H, n, hid) ... values
+    k_x: Tensor  # (W, n, hid)
+    v_x: Tensor  # (W, n, hid)
+    b_y: Tensor  # (H, nb*hid) the bands' Fourier terms, per row
+    b_x: Tensor  # (W, nb*hid) ... per column, with the bands' biases and W_m b_out
+    w_q: Tensor  # (hid, hid) query projection, scaled by 1/sqrt(dh)
+    b_q: Tensor  # (hid,)
+    w_fold: Tensor  # (nb*hid, hid) every band's modulation after the attention's output
+    w_rgb: Tensor  # (3, nb*hid) the summed RGB heads on [relu(P_1), ..., relu(P_nb)]
+    b_rgb: Tensor  # (3,)
+    local: tuple | None  # (padded features, py (H,), px (W,), o_y (H, hid), o_x (W, hid))
+
+
 @torch.no_grad()
-def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: Tensor,
-                   cell: Tensor, chunk: int = DECODE_CHUNK, progress: bool = False) -> Tensor:
-    """The decoder's residual RGB at every (ys[r], xs[c]): (B, H, W, 3).
-
-    ys (H,), xs (W,) in [-1, 1]; cell (2,) the HR pixel size in the same units
-    (as the reference decoder's ``cell``). Decodes about ``chunk`` queries per image at a
-    time (bounded memory, ~2.5 KB each); ``progress`` shows a bar when that takes more than
-    a few seconds.
-
-    The lattice is cut into blocks of queries that share their n x n window of tokens
-    (``_groups``): inside a block the attention is two dense matmuls against the window's
-    keys and values, which are gathered once per block, not once per query.
-    """
-    tokens = latents.tokens  # (B, gh, gw, D)
-    B = tokens.shape[0]
+def lattice_terms(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: Tensor,
+                  cell: Tensor) -> LatticeTerms:
+    """The per-row and per-column terms of the decoder on the lattice ys x xs."""
     h, w = latents.size
     half = ys.new_tensor([h / 2, w / 2])
     Y, X = _axis(dec, latents, ys, 0), _axis(dec, latents, xs, 1)
     # (the decoder's activations are ReLUs: LocalityAwareDecoder fixes them)
     hid = dec.to_query[0].out_features
-    heads, n = dec.attn.heads, dec.neighbourhood
+    heads = dec.attn.heads
     nq = 2 * dec.gamma_q.freqs.numel()
-    # the attention's 1/sqrt(dh) on the query projection: every score is q . key
-    w_q = dec.attn.to_q.weight * (hid // heads) ** -0.5
-    b_q = dec.attn.to_q.bias * (hid // heads) ** -0.5
-
-    # per-axis pieces of every linear map of Fourier features
-    k_tok, v_tok = dec.to_kv(tokens).chunk(2, dim=-1)  # (B, gh, gw, hidden) each
     wy, wx = _split_linear(dec.pos_kv.weight, [nq, nq])
     k_y, v_y = (dec.gamma_q.per_axis(Y["off"]) @ wy.T).chunk(2, dim=-1)  # (H, n, hidden)
     k_x, v_x = (dec.gamma_q.per_axis(X["off"]) @ wx.T).chunk(2, dim=-1)  # (W, n, hidden)
@@ -214,18 +228,14 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
     # local path. Its RGB head reads h_b = relu(P_1) + ... + relu(P_b), so the summed heads
     # are one matrix on [relu(P_1), ..., relu(P_nb)]: sum_{b >= j} W_out,b on relu(P_j).
     w_o, b_o = dec.attn.to_out.weight, dec.attn.to_out.bias
-    w_fold = torch.cat([w_m.weight @ w_o for w_m in dec.band_mod])  # (nb*hidden, hidden)
+    w_fold = torch.cat([w_m.weight @ w_o for w_m in dec.band_mod])  # (nb*hid, hid)
     b_y, b_x = [], []
     for gamma, w_b, w_m in zip(dec.gamma_l, dec.band_in, dec.band_mod):
         nb = 2 * gamma.freqs.numel()
         by_w, bx_w = _split_linear(w_b.weight, [nb, nb])
         b_y.append(gamma.per_axis(Y["nearest"]) @ by_w.T)  # (H, hidden)
         b_x.append(gamma.per_axis(X["nearest"]) @ bx_w.T + w_b.bias + w_m.weight @ b_o)
-    b_y, b_x = torch.cat(b_y, -1), torch.cat(b_x, -1)  # (H, nb*hidden), (W, nb*hidden)
     heads_w = [head.weight for head in dec.band_out]  # (3, hidden) each
-    w_rgb = torch.cat([sum(heads_w[j:]) for j in range(len(heads_w))], 1)  # (3, nb*hidden)
-    b_rgb = sum(head.bias for head in dec.band_out)
-    n_bands = len(heads_w)
     local = None
     if dec.pixel_in is not None:
         if latents.pixel_features is None:
@@ -238,7 +248,61 @@ def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: 
         _, wo = _split_linear(dec.pixel_in[0].weight, [dec.pixel_in[0].in_features - 2, 2])
         o_y = (Y["u"] - py - 0.5)[:, None] * wo[:, 0]  # (H, hidden)
         o_x = (X["u"] - px - 0.5)[:, None] * wo[:, 1]  # (W, hidden)
-        local = (padded, py, px, o_y, o_x, dec.pixel_in[2].weight)
+        local = (padded, py, px, o_y, o_x)
+    return LatticeTerms(
+        Y=Y, X=X, q_y=q_y, q_x=q_x, k_y=k_y, v_y=v_y, k_x=k_x, v_x=v_x,
+        b_y=torch.cat(b_y, -1), b_x=torch.cat(b_x, -1),
+        # the attention's 1/sqrt(dh) on the query projection: every score is q . key
+        w_q=dec.attn.to_q.weight * (hid // heads) ** -0.5,
+        b_q=dec.attn.to_q.bias * (hid // heads) ** -0.5,
+        w_fold=w_fold, w_rgb=torch.cat([sum(heads_w[j:]) for j in range(len(heads_w))], 1),
+        b_rgb=sum(head.bias for head in dec.band_out), local=local)
+
+
+@torch.no_grad()
+def decode_lattice(dec: LocalityAwareDecoder, latents: Latents, ys: Tensor, xs: Tensor,
+                   cell: Tensor, chunk: int = DECODE_CHUNK, progress: bool = False,
+                   native: bool | None = None) -> Tensor:
+    """The decoder's residual RGB at every (ys[r], xs[c]): (B, H, W, 3).
+
+    ys (H,), xs (W,) in [-1, 1]; cell (2,) the HR pixel size in the same units
+    (as the reference decoder's ``cell``). Decodes about ``chunk`` queries per image at a
+    time (bounded memory, ~2.5 KB each); ``progress`` shows a bar when that takes more than
+    a few seconds.
+
+    ``native``: the fused C decoder (:mod:`cascade.inr.native`; None: where it is built
+    and applies, else this PyTorch one; True: that one or an error; False: this one).
+
+    The lattice is cut into blocks of queries that share their n x n window of tokens
+    (``_groups``): inside a block the attention is two dense matmuls against the window's
+    keys and values, which are gathered once per block, not once per query.
+    """
+    terms = lattice_terms(dec, latents, ys, xs, cell)
+    if native is not False:
+        from cascade.inr.native import decode_native
+
+        out = decode_native(dec, latents, terms, chunk, progress, required=bool(native))
+        if out is not None:
+            return out
+    return _decode_blocks(dec, latents, terms, chunk, progress)
+
+
+def _decode_blocks(dec: LocalityAwareDecoder, latents: Latents, t: LatticeTerms, chunk: int,
+                   progress: bool) -> Tensor:
+    """``decode_lattice`` in PyTorch: blocks of queries that share a window, dense matmuls."""
+    tokens = latents.tokens  # (B, gh, gw, D)
+    B = tokens.shape[0]
+    Y, X = t.Y, t.X
+    hid = dec.to_query[0].out_features
+    heads, n = dec.attn.heads, dec.neighbourhood
+    q_y, q_x, w_q, b_q = t.q_y, t.q_x, t.w_q, t.b_q
+    k_tok, v_tok = dec.to_kv(tokens).chunk(2, dim=-1)  # (B, gh, gw, hidden) each
+    k_y, v_y, k_x, v_x = t.k_y, t.v_y, t.k_x, t.v_x
+    w_fold, b_y, b_x, w_rgb, b_rgb = t.w_fold, t.b_y, t.b_x, t.w_rgb, t.b_rgb
+    n_bands = w_rgb.shape[1] // hid
+    local = None
+    if t.local is not None:
+        local = (*t.local, dec.pixel_in[2].weight)
 
     # Blocks: row groups g x column groups x; r, c index rows/columns inside a group.
     # Three layouts of the queries, each making one term a batch of plain matmuls:

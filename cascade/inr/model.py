@@ -126,20 +126,23 @@ class LAINR(nn.Module):
 
     @torch.no_grad()
     def decode_grid(self, latents: Latents, ys: Tensor, xs: Tensor, cell: Tensor,
-                    chunk: int = DECODE_CHUNK, progress: bool = False) -> Tensor:
+                    chunk: int = DECODE_CHUNK, progress: bool = False,
+                    native: bool | None = None) -> Tensor:
         """Colour at every (ys[r], xs[c]) of a lattice: (B, 3, H, W), not clamped.
 
         ys (H,), xs (W,) in the [-1, 1] convention; cell (2,) the HR pixel size there. The
         separable lattice decoder (:mod:`cascade.inr.lattice`): the same values as
         :meth:`decode` at those queries (to 1e-5), several times faster; about ``chunk``
-        queries at a time."""
+        queries at a time. ``native``: the fused C decoder (:mod:`cascade.inr.native`) or
+        not (None: where it is built and applies)."""
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)  # (H, W, 2) (y, x)
         B = latents.lr.shape[0]
         base = F.grid_sample(latents.lr, grid.flip(-1)[None].expand(B, -1, -1, -1),
                              mode="bicubic", padding_mode="border", align_corners=False)
-        res = decode_lattice(self.decoder, latents, ys, xs, cell, chunk, progress)  # (B,H,W,3)
+        res = decode_lattice(self.decoder, latents, ys, xs, cell, chunk, progress,
+                             native)  # (B, H, W, 3)
         return base + res.permute(0, 3, 1, 2)
 
     @torch.no_grad()
