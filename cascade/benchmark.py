@@ -34,3 +34,26 @@ def matmul_peak(repeats: int = 3) -> float:
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     return 2 * 2048**3 / median_time(lambda: a @ b, repeats) / 1e9
+
+
+def lainr_upscale(model, lr, size: tuple[int, int], native: bool | None = None,
+                  encode: bool = True) -> tuple[Callable[[], object], float]:
+    """``model.upscale(lr, size)`` (a LAINR) with the fused C lattice decoder or the PyTorch
+    one (``native``), or its decoding alone (``encode=False``), as a callable, and the FLOPs
+    it executes: ``count_flops`` plus what the C kernel does, which the counter cannot see."""
+    import torch
+
+    from cascade.inr.lattice import lattice_axes
+    from cascade.inr.native import kernel_flops
+
+    ys, xs, cell = lattice_axes(size, size, lr.device, lr.dtype)
+    with torch.no_grad():
+        latents = None if encode else model.encode(lr)
+
+    def fn():
+        with torch.no_grad():
+            lat = model.encode(lr) if encode else latents
+            return model.decode_grid(lat, ys, xs, cell, native=native)
+
+    extra = kernel_flops(model.decoder, size[0] * size[1] * lr.shape[0]) if native else 0.0
+    return fn, count_flops(fn) + extra

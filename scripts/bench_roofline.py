@@ -3,10 +3,12 @@
 One table, one run: the float32 matmul peak (a 2048^3 matmul, measured before and after the
 rows; the larger is the peak), then for each stage and a few sizes the FLOPs its networks
 execute (counted by ``torch.utils.flop_counter``: matmuls and convolutions as executed,
-including the lattice decoder's block-diagonal zeros and group padding; elementwise work is
-not counted), the median seconds, GFLOP/s and their share of the peak:
+including the PyTorch lattice decoder's block-diagonal zeros and group padding, plus
+``cascade.inr.native.kernel_flops`` for the fused C decoder, which the counter cannot see;
+elementwise work is not counted), the median seconds, GFLOP/s and their share of the peak:
 
-* LAINR ``upscale`` (encode once + lattice decoder) at x2 and x4;
+* LAINR ``upscale`` (encode once + lattice decoder) and its decoding alone at x2 and x4,
+  with the fused C lattice decoder (the default where it builds) and the PyTorch one;
 * one sr3 UNet evaluation (``stage.unet``, batch 1) at 128^2 and 256^2 output pixels;
 * a whole x4 cascade call (``--stages auto``: the x2 stages the pipeline has, LAINR where
   the plan resamples; one sample, ``--steps`` DPM-Solver++ steps) of a ``--cascade-side``
@@ -29,7 +31,7 @@ import time
 
 import torch
 
-from cascade.benchmark import count_flops, matmul_peak, median_time
+from cascade.benchmark import count_flops, lainr_upscale, matmul_peak, median_time
 
 
 def photo(side: int) -> torch.Tensor:
@@ -65,6 +67,7 @@ class NetworkTimer:
 
 
 def main() -> None:
+    from cascade.inr.native import load_kernel
     from cascade.pipeline import CascadePipeline
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,12 +88,16 @@ def main() -> None:
     peak0 = matmul_peak(args.repeats)
     rows = []  # (work, GFLOP, seconds, output MP)
     with torch.no_grad():
+        decoders = {"fused C": True, "PyTorch": False} if load_kernel() else {"PyTorch": False}
         for side, s in ((64, 2), (64, 4), (128, 4)):
             lr = photo(side)
             size = (side * s, side * s)
-            fn = functools.partial(lainr.upscale, lr, size)
-            rows.append((f"LAINR {side}^2 -> {size[0]}^2 (x{s})", count_flops(fn) / 1e9,
-                         median_time(fn, args.repeats), size[0] * size[1] / 1e6))
+            for label, native in decoders.items():
+                for what, encode in (("LAINR", True), ("decode", False)):
+                    fn, flops = lainr_upscale(lainr, lr, size, native, encode)
+                    rows.append((f"{what} {side}^2 -> {size[0]}^2 (x{s}, {label})",
+                                 flops / 1e9, median_time(fn, args.repeats),
+                                 size[0] * size[1] / 1e6))
         for side in (128, 256):
             x = torch.randn(1, 3, side, side)
             t = torch.tensor([500])
@@ -110,7 +117,7 @@ def main() -> None:
             timer.wrap(d.stage.unet, "forward")
         call = functools.partial(pipe, lr, scale=4, stages="auto", num_samples=1,
                                  steps=args.steps, sampler="dpm", seed=0)
-        gflop = count_flops(call) / 1e9
+        gflop = count_flops(call) / 1e9  # (LAINR's fused decoding, under 1%, not counted)
         call()  # warm-up
         walls, nets = [], []
         for _ in range(max(1, args.repeats)):
@@ -130,9 +137,9 @@ def main() -> None:
 
     print(f"float32 matmul peak (2048^3): {peak:.0f} GFLOP/s "
           f"(before the rows {peak0:.0f}, after {peak1:.0f})\n")
-    print(f"{'work':<40} {'GFLOP':>8} {'seconds':>8} {'GFLOP/s':>8} {'of peak':>8} {'MP/s':>7}")
+    print(f"{'work':<44} {'GFLOP':>8} {'seconds':>8} {'GFLOP/s':>8} {'of peak':>8} {'MP/s':>7}")
     for work, g, sec, mp in rows:
-        print(f"{work:<40} {g:>8.2f} {sec:>8.3f} {g / sec:>8.1f} {g / sec / peak:>8.0%} "
+        print(f"{work:<44} {g:>8.2f} {sec:>8.3f} {g / sec:>8.1f} {g / sec / peak:>8.0%} "
               f"{mp / sec:>7.3f}")
     print(f"\ncascade call [{plan}]: {wall:.2f} s wall, {net:.2f} s inside the networks "
           f"(LAINR encode/decode, UNet): wall / network = {wall / net:.2f}")
