@@ -30,7 +30,8 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -193,42 +194,52 @@ def decode_native(dec: LocalityAwareDecoder, latents: Latents, terms, chunk: int
     else:
         py = px = o_y = o_x = w_p = None
 
-    threads = max(1, torch.get_num_threads())
-    work = [torch.zeros(lib.work_floats(hid, heads, n, n_bands)) for _ in range(threads)]
     # Bands of rows: about ``chunk`` queries, and at least 32 rows so that the local path's
-    # per-LR-pixel projection is computed about once per LR row.
+    # per-LR-pixel projection is computed about once per LR row. Each of ``threads`` workers
+    # takes whole bands, the local path's projection (PyTorch, one thread) and the kernel;
+    # PyTorch's own thread pool is held to one thread meanwhile, since its idle threads
+    # spin and would take the cores from the kernel.
+    threads = max(1, torch.get_num_threads())
     band = max(32, -(-chunk // W))
     bands = [(r0, min(r0 + band, H)) for r0 in range(0, H, band)]
     out = tokens.new_empty(B, H, W, 3)
-    bar = nested_bar(total=B * len(bands), desc="lainr", unit="bands", delay=3,
-                     disable=not progress or B * len(bands) < 2)
+    size = lib.work_floats(hid, heads, n, n_bands)
+    local = threading.local()  # each worker's scratch
     from cascade.inr.lattice import _local_per_pixel  # (its home; imports this module)
 
-    with ThreadPoolExecutor(threads) as pool:
-        for i in range(B):
-            kv = dec.to_kv(tokens[i])  # (gh, gw, 2*hid)
-            kt = c(fold_keys(kv[..., :hid], t.w_q, t.b_q, heads))  # (gh, gw, hid+1, heads)
-            vt = c(fold_values(kv[..., hid:], t.w_fold, heads))  # (gh, gw, heads, P)
-            gw = kt.shape[1]
-            for r0, r1 in bands:
-                lp, lp_w, lp_row0 = None, 0, 0
-                if py is not None:
-                    lp_row0, last = int(py[r0]), int(py[r1 - 1])
-                    lp = _local_per_pixel(dec, padded[i:i + 1], (lp_row0, last),
-                                          (0, latents.size[1] - 1))[0].contiguous()
-                    lp_w = lp.shape[1]
-                # each thread a contiguous share of the band's rows
-                cuts = [r0 + (r1 - r0) * j // threads for j in range(threads + 1)]
-                jobs = [pool.submit(
-                    lib.decode_rows, a, b, W, hid, heads, n, n_bands,
-                    _ptr(q_y), _ptr(q_x), _ptr(ky), _ptr(kx), _ptr(vy), _ptr(vx),
-                    _ptr(kt), _ptr(vt), gw, _ptr(iy), _ptr(ix),
-                    _ptr(lp), lp_w, lp_row0, _ptr(py), _ptr(px), _ptr(o_y), _ptr(o_x),
-                    _ptr(w_p), _ptr(w_rgb), _ptr(b_rgb), _ptr(work[j]), _ptr(out[i]))
-                    for j, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
-                for job in jobs:
-                    if job.result() != 0:
-                        raise RuntimeError("lattice_kernel.c refused the decoder's sizes")
+    def run_band(i: int, r0: int, r1: int, kt: Tensor, vt: Tensor) -> None:
+        if getattr(local, "work", None) is None:
+            local.work = torch.empty(size)
+        lp, lp_w, lp_row0 = None, 0, 0
+        if py is not None:
+            lp_row0, last = int(py[r0]), int(py[r1 - 1])
+            lp = _local_per_pixel(dec, padded[i:i + 1], (lp_row0, last),
+                                  (0, latents.size[1] - 1))[0].contiguous()
+            lp_w = lp.shape[1]
+        status = lib.decode_rows(
+            r0, r1, W, hid, heads, n, n_bands, _ptr(q_y), _ptr(q_x), _ptr(ky), _ptr(kx),
+            _ptr(vy), _ptr(vx), _ptr(kt), _ptr(vt), kt.shape[1], _ptr(iy), _ptr(ix), _ptr(lp),
+            lp_w, lp_row0, _ptr(py), _ptr(px), _ptr(o_y), _ptr(o_x), _ptr(w_p), _ptr(w_rgb),
+            _ptr(b_rgb), _ptr(local.work), _ptr(out[i]))
+        if status != 0:
+            raise RuntimeError("lattice_kernel.c refused the decoder's sizes")
+
+    bar = nested_bar(total=B * len(bands), desc="lainr", unit="bands", delay=3,
+                     disable=not progress or B * len(bands) < 2)
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            folded = []
+            for i in range(B):
+                kv = dec.to_kv(tokens[i])  # (gh, gw, 2*hid)
+                folded.append((c(fold_keys(kv[..., :hid], t.w_q, t.b_q, heads)),  # (gh, gw, hid+1, H)
+                               c(fold_values(kv[..., hid:], t.w_fold, heads))))  # (gh, gw, H, P)
+            jobs = [pool.submit(run_band, i, r0, r1, *folded[i])
+                    for i in range(B) for r0, r1 in bands]
+            for job in as_completed(jobs):
+                job.result()
                 bar.update()
+    finally:
+        torch.set_num_threads(threads)
     bar.close()
     return out
