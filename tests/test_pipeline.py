@@ -584,7 +584,7 @@ def test_run_settings_record_every_stages_knobs(folder, tmp_path):
     per = pipe(lr, scale=4, steps=2).settings["stage_settings"]
     assert per["sr3_x2"]["aug_level"] == 0.01 and per["sr3_x2_b"]["aug_level"] == 0.03
     assert per["sr3_x2_b"]["steps"] == 2
-    assert per["sr3_x2"]["temperature"] == 1.0  # no cap by default
+    assert per["sr3_x2"]["temperature"] == 0.97  # the chain's default cap
     # the stage that feeds another samples at chain_temperature, the last at its own
     per = pipe(lr, scale=4, steps=2, chain_temperature=0.9).settings["stage_settings"]
     assert per["sr3_x2"]["temperature"] == 0.9 and per["sr3_x2_b"]["temperature"] == 1.0

@@ -13,7 +13,8 @@ when the lattice decoder began computing in blocks (issue 15: the same function 
 order of float32 operations; values moved by ~1e-7), and again when the stages' sampler
 became ``dpm_karras`` and the chain's temperature cap was removed (issue 13: intended new
 values at every scale with a diffusion stage), and again when the local pixel path became a
-convolution (issue 15: values moved by ~2e-7). To record again after an intended
+convolution (issue 15: values moved by ~2e-7), and again when the chain's default cap became
+0.97 (issue 13: new values at x4 and x6.5). To record again after an intended
 change of numerics: ``python tests/test_pipeline_regression.py``.
 """
 
