@@ -391,18 +391,22 @@ def test_lattice_decoder_on_a_larger_lattice_with_uneven_groups(lattice_path):
     torch.testing.assert_close(model.upscale(lr, size, chunk=300), ref, atol=1e-5, rtol=0)
 
 
-def test_fused_decoder_matches_the_pytorch_one_on_the_shipped_shape():
+@pytest.mark.parametrize("local_once", [True, False])
+def test_fused_decoder_matches_the_pytorch_one_on_the_shipped_shape(local_once, monkeypatch):
     """The shipped LAINR's widths (hidden 64, 4 heads, 3 x 3 window, two bands), an
-    integer and a fractional scale: the fused decoder equals the PyTorch one (1e-5)."""
+    integer and a fractional scale: the fused decoder equals the PyTorch one (1e-5), with
+    the local path's projection computed for the whole input or per band of rows."""
+    import cascade.inr.native as native
     from cascade.inr.lattice import decode_lattice, lattice_axes
-    from cascade.inr.native import load_kernel
 
-    if load_kernel() is None:
+    if native.load_kernel() is None:
         pytest.skip("no C compiler here: the fused decoder is not built")
+    if not local_once:
+        monkeypatch.setattr(native, "LOCAL_ONCE_BYTES", 0)
     model = tiny(dim=32, hidden=64, heads=4, n_freq_q=8, n_freq_l=16, stem_channels=8)
     lr = torch.rand(1, 3, 23, 19, generator=torch.Generator().manual_seed(6))
     latents = model.encode(lr)
-    for size in [(92, 76), (57, 41)]:
+    for size in [(92, 76), (57, 41), (140, 30)]:  # x4, x2.5, more rows than a band
         ys, xs, cell = lattice_axes(size, size)
         ref = decode_lattice(model.decoder, latents, ys, xs, cell, native=False)
         out = decode_lattice(model.decoder, latents, ys, xs, cell, native=True)

@@ -47,6 +47,9 @@ from cascade.progress import nested_bar
 __all__ = ["decode_native", "fold_keys", "fold_values", "kernel_flops", "load_kernel"]
 
 SOURCE = Path(__file__).with_name("lattice_kernel.c")
+# the local path's per-LR-pixel projection is computed for the whole input at once up to
+# this size (64 floats per LR pixel: a 512^2 input), per band of rows above it
+LOCAL_ONCE_BYTES = 64 << 20
 FLAGS = ["-O3", "-march=native", "-std=gnu99", "-ffp-contract=fast", "-fPIC", "-shared"]
 
 
@@ -207,15 +210,23 @@ def decode_native(dec: LocalityAwareDecoder, latents: Latents, terms, chunk: int
     local = threading.local()  # each worker's scratch
     from cascade.inr.lattice import _local_per_pixel  # (its home; imports this module)
 
+    h, w = latents.size
+    # The local path's projection of every LR pixel at once (all threads) while it fits in
+    # LOCAL_ONCE_BYTES, else per band (bounded memory for large inputs).
+    whole = py is not None and h * w * hid * 4 * B <= LOCAL_ONCE_BYTES
+    lp_all = [_local_per_pixel(dec, padded[i:i + 1], (0, h - 1), (0, w - 1))[0].contiguous()
+              for i in range(B)] if whole else None
+
     def run_band(i: int, r0: int, r1: int, kt: Tensor, vt: Tensor) -> None:
         if getattr(local, "work", None) is None:
             local.work = torch.empty(size)
         lp, lp_w, lp_row0 = None, 0, 0
-        if py is not None:
+        if lp_all is not None:
+            lp, lp_w = lp_all[i], w
+        elif py is not None:
             lp_row0, last = int(py[r0]), int(py[r1 - 1])
-            lp = _local_per_pixel(dec, padded[i:i + 1], (lp_row0, last),
-                                  (0, latents.size[1] - 1))[0].contiguous()
-            lp_w = lp.shape[1]
+            lp = _local_per_pixel(dec, padded[i:i + 1], (lp_row0, last), (0, w - 1))[0]
+            lp, lp_w = lp.contiguous(), w
         status = lib.decode_rows(
             r0, r1, W, hid, heads, n, n_bands, _ptr(q_y), _ptr(q_x), _ptr(ky), _ptr(kx),
             _ptr(vy), _ptr(vx), _ptr(kt), _ptr(vt), kt.shape[1], _ptr(iy), _ptr(ix), _ptr(lp),
