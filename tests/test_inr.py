@@ -296,26 +296,35 @@ def test_registry_config_and_errors():
 @pytest.fixture(params=["torch", "native"])
 def lattice_path(request, monkeypatch):
     """Runs a test once with the PyTorch lattice decoder and once with the fused C one
-    (``cascade.inr.native``), which then must decode every lattice it applies to."""
+    (``cascade.inr.native``), which then must decode every lattice the test decodes."""
+    import cascade.inr.lattice as lattice
     import cascade.inr.native as native
 
     if request.param == "torch":
         monkeypatch.setattr(native, "load_kernel", lambda: None)
         yield "torch"
         return
-    if native.load_kernel() is None:
+    if os.environ.get("CASCADE_NATIVE") == "0":
+        pytest.skip("the fused decoder is turned off (CASCADE_NATIVE=0)")
+    if shutil.which(os.environ.get("CC") or "cc") is None:
         pytest.skip("no C compiler here: the fused decoder is not built")
-    used = []
-    real = native.decode_native
+    assert native.load_kernel() is not None, "a C compiler is here, yet the kernel did not build"
+    decodes, used = [], []
+    real_terms, real = lattice.lattice_terms, native.decode_native
+
+    def count(*args, **kwargs):
+        decodes.append(1)
+        return real_terms(*args, **kwargs)
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         used.append(out is not None)
         return out
 
+    monkeypatch.setattr(lattice, "lattice_terms", count)
     monkeypatch.setattr(native, "decode_native", spy)
     yield "native"
-    assert not used or any(used), "the fused decoder never ran"
+    assert len(used) == len(decodes) and all(used), "the fused decoder did not decode them all"
 
 
 @pytest.mark.parametrize("kw,lr_hw,size", [
@@ -391,23 +400,26 @@ def test_lattice_decoder_on_a_larger_lattice_with_uneven_groups(lattice_path):
     torch.testing.assert_close(model.upscale(lr, size, chunk=300), ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("local_once", [True, False])
-def test_fused_decoder_matches_the_pytorch_one_on_the_shipped_shape(local_once, monkeypatch):
-    """The shipped LAINR's widths (hidden 64, 4 heads, 3 x 3 window, two bands), an
-    integer and a fractional scale: the fused decoder equals the PyTorch one (1e-5), with
-    the local path's projection computed for the whole input or per band of rows."""
+@pytest.mark.parametrize("once", [True, False])
+def test_fused_decoder_matches_the_pytorch_one_on_the_shipped_shape(once, monkeypatch):
+    """The shipped LAINR's widths (hidden 64, 4 heads, 3 x 3 window, two bands), a batch
+    of 2, integer and fractional scales, rows in reverse order: the fused decoder equals
+    the PyTorch one (1e-5), with the local path and the folded tokens computed for the whole
+    input or per band of rows."""
     import cascade.inr.native as native
     from cascade.inr.lattice import decode_lattice, lattice_axes
 
     if native.load_kernel() is None:
         pytest.skip("no C compiler here: the fused decoder is not built")
-    if not local_once:
-        monkeypatch.setattr(native, "LOCAL_ONCE_BYTES", 0)
+    if not once:
+        monkeypatch.setattr(native, "ONCE_BYTES", 0)
     model = tiny(dim=32, hidden=64, heads=4, n_freq_q=8, n_freq_l=16, stem_channels=8)
-    lr = torch.rand(1, 3, 23, 19, generator=torch.Generator().manual_seed(6))
+    lr = torch.rand(2, 3, 23, 19, generator=torch.Generator().manual_seed(6))
     latents = model.encode(lr)
-    for size in [(92, 76), (57, 41), (140, 30)]:  # x4, x2.5, more rows than a band
+    for size, flip in [((92, 76), False), ((57, 41), False), ((140, 30), False),
+                       ((140, 30), True)]:  # x4, x2.5, more rows than a band, reversed
         ys, xs, cell = lattice_axes(size, size)
+        ys = ys.flip(0) if flip else ys
         ref = decode_lattice(model.decoder, latents, ys, xs, cell, native=False)
         out = decode_lattice(model.decoder, latents, ys, xs, cell, native=True)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
@@ -432,6 +444,7 @@ def test_without_a_compiler_lainr_warns_once_and_decodes_with_pytorch(monkeypatc
 
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("CASCADE_CACHE", str(tmp_path))
+    monkeypatch.delenv("CASCADE_NATIVE", raising=False)
     native.load_kernel.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="no C compiler.*decoding with PyTorch"):
@@ -453,11 +466,12 @@ def test_fused_decoder_is_built_once_into_the_cache(monkeypatch, tmp_path):
     if shutil.which(os.environ.get("CC") or "cc") is None:
         pytest.skip("no C compiler here")
     monkeypatch.setenv("CASCADE_CACHE", str(tmp_path))
+    monkeypatch.delenv("CASCADE_NATIVE", raising=False)
     native.load_kernel.cache_clear()
     try:
         assert native.load_kernel() is not None
         built = list(tmp_path.glob("lattice_kernel-*.so"))
-        assert len(built) == 1 and not list(tmp_path.glob("*.tmp*"))
+        assert len(built) == 1 and list(tmp_path.iterdir()) == built  # no temporary left
         stamp = built[0].stat().st_mtime_ns
         native.load_kernel.cache_clear()
         assert native.load_kernel() is not None  # a second process: loaded, not rebuilt

@@ -47,9 +47,10 @@ from cascade.progress import nested_bar
 __all__ = ["decode_native", "fold_keys", "fold_values", "kernel_flops", "load_kernel"]
 
 SOURCE = Path(__file__).with_name("lattice_kernel.c")
-# the local path's per-LR-pixel projection is computed for the whole input at once up to
-# this size (64 floats per LR pixel: a 512^2 input), per band of rows above it
-LOCAL_ONCE_BYTES = 64 << 20
+# the local path's per-LR-pixel projection (64 floats per LR pixel) and the folded tokens
+# (~3 KB per token of 4 x 4 LR pixels) are computed for the whole input at once up to this
+# size (about a 400^2 input), per band of rows above it
+ONCE_BYTES = 64 << 20
 FLAGS = ["-O3", "-march=native", "-std=gnu99", "-ffp-contract=fast", "-fPIC", "-shared"]
 
 
@@ -211,27 +212,45 @@ def decode_native(dec: LocalityAwareDecoder, latents: Latents, terms, chunk: int
     from cascade.inr.lattice import _local_per_pixel  # (its home; imports this module)
 
     h, w = latents.size
-    # The local path's projection of every LR pixel at once (all threads) while it fits in
-    # LOCAL_ONCE_BYTES, else per band (bounded memory for large inputs).
-    whole = py is not None and h * w * hid * 4 * B <= LOCAL_ONCE_BYTES
-    lp_all = [_local_per_pixel(dec, padded[i:i + 1], (0, h - 1), (0, w - 1))[0].contiguous()
+    gh = tokens.shape[1]
+    # The local path's projection of every LR pixel, and the folded keys and values of every
+    # latent token (~3 KB each), computed once per image (all threads) while they fit in
+    # ONCE_BYTES; above it, per band from the band's own rows (bounded memory for large
+    # inputs, at the price of the rows bands share).
+    per_image = (h * w * hid + tokens[0, ..., 0].numel() * (hid + 1 + P) * heads) * 4 * B
+    whole = per_image <= ONCE_BYTES
+
+    def fold(i: int, t0: int, t1: int) -> tuple[Tensor, Tensor]:
+        """Token rows t0..t1-1 of image i: folded keys (rows, gw, hid+1, heads), values
+        (rows, gw, heads, P)."""
+        kv = dec.to_kv(tokens[i, t0:t1])  # (rows, gw, 2*hid)
+        return (c(fold_keys(kv[..., :hid], t.w_q, t.b_q, heads)),
+                c(fold_values(kv[..., hid:], t.w_fold, heads)))
+
+    def local_path(i: int, r0: int, r1: int) -> Tensor:
+        return _local_per_pixel(dec, padded[i:i + 1], (r0, r1), (0, w - 1))[0].contiguous()
+
+    images = [(*fold(i, 0, gh), local_path(i, 0, h - 1) if py is not None else None)
               for i in range(B)] if whole else None
 
-    def run_band(i: int, r0: int, r1: int, kt: Tensor, vt: Tensor) -> None:
+    def run_band(i: int, r0: int, r1: int) -> None:
         if getattr(local, "work", None) is None:
             local.work = torch.empty(size)
-        lp, lp_w, lp_row0 = None, 0, 0
-        if lp_all is not None:
-            lp, lp_w = lp_all[i], w
-        elif py is not None:
-            lp_row0, last = int(py[r0]), int(py[r1 - 1])
-            lp = _local_per_pixel(dec, padded[i:i + 1], (lp_row0, last), (0, w - 1))[0]
-            lp, lp_w = lp.contiguous(), w
+        if images is not None:
+            (kt, vt, lp), t0, lp_row0 = images[i], 0, 0
+        else:  # the rows of this band only (the lattice's rows need not be in order)
+            t0, t1 = int(iy[r0:r1].min()), int(iy[r0:r1].max()) + n
+            kt, vt = fold(i, t0, t1)
+            lp, lp_row0 = None, 0
+            if py is not None:
+                lp_row0 = int(py[r0:r1].min())
+                lp = local_path(i, lp_row0, int(py[r0:r1].max()))
+        iy_band = iy - t0 if t0 else iy  # window rows relative to kt's first row
         status = lib.decode_rows(
             r0, r1, W, hid, heads, n, n_bands, _ptr(q_y), _ptr(q_x), _ptr(ky), _ptr(kx),
-            _ptr(vy), _ptr(vx), _ptr(kt), _ptr(vt), kt.shape[1], _ptr(iy), _ptr(ix), _ptr(lp),
-            lp_w, lp_row0, _ptr(py), _ptr(px), _ptr(o_y), _ptr(o_x), _ptr(w_p), _ptr(w_rgb),
-            _ptr(b_rgb), _ptr(local.work), _ptr(out[i]))
+            _ptr(vy), _ptr(vx), _ptr(kt), _ptr(vt), kt.shape[1], _ptr(iy_band), _ptr(ix),
+            _ptr(lp), w, lp_row0, _ptr(py), _ptr(px), _ptr(o_y), _ptr(o_x), _ptr(w_p),
+            _ptr(w_rgb), _ptr(b_rgb), _ptr(local.work), _ptr(out[i]))
         if status != 0:
             raise RuntimeError("lattice_kernel.c refused the decoder's sizes")
 
@@ -240,17 +259,16 @@ def decode_native(dec: LocalityAwareDecoder, latents: Latents, terms, chunk: int
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(threads) as pool:
-            folded = []
-            for i in range(B):
-                kv = dec.to_kv(tokens[i])  # (gh, gw, 2*hid)
-                folded.append((c(fold_keys(kv[..., :hid], t.w_q, t.b_q, heads)),  # (gh, gw, hid+1, H)
-                               c(fold_values(kv[..., hid:], t.w_fold, heads))))  # (gh, gw, H, P)
-            jobs = [pool.submit(run_band, i, r0, r1, *folded[i])
-                    for i in range(B) for r0, r1 in bands]
-            for job in as_completed(jobs):
-                job.result()
-                bar.update()
+            jobs = [pool.submit(run_band, i, r0, r1) for i in range(B) for r0, r1 in bands]
+            try:
+                for job in as_completed(jobs):
+                    job.result()
+                    bar.update()
+            except BaseException:
+                for job in jobs:  # an error or Ctrl-C: do not start the bands still queued
+                    job.cancel()
+                raise
     finally:
         torch.set_num_threads(threads)
-    bar.close()
+        bar.close()
     return out
