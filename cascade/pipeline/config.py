@@ -43,7 +43,7 @@ class PipelineConfig:
     projection: Optional[float] = None
     # Highest temperature of a diffusion stage whose sample feeds another diffusion stage
     # (the first of the two x2 stages at x4). With dpm_karras the x4 chain's HF ratio on
-    # unseen photos moves steeply with it: 0.71-0.82 at 0.95, 0.80-1.00 at 0.97, 1.02-1.34
+    # unseen photos moves steeply with it: 0.71-0.82 at 0.95, 0.80-0.99 at 0.97, 1.02-1.34
     # at 1 (no cap); 0.97 passes every check of the unseen gate at x4 (docs/pipeline.md,
     # "The chain with dpm_karras"). None: no cap. An explicit ``temperature`` sets every stage.
     chain_temperature: Optional[float] = 0.97
