@@ -179,15 +179,22 @@ def decode_native(dec: LocalityAwareDecoder, latents: Latents, terms, chunk: int
     B, (H, W) = tokens.shape[0], (t.q_y.shape[0], t.q_x.shape[0])
     n_bands = P // hid
     c = lambda x: x.float().contiguous()  # noqa: E731
-    # Row and column tables, ordered (head, token row) and (head, token column).
-    # Row and column keys padded to HNp = heads*n rounded up to 8 columns (zeros).
     pad = -(heads * n) % 8
-    ky = c(F.pad(fold_keys(t.k_y, t.w_q, t.b_q, heads).permute(0, 2, 3, 1).flatten(2), (0, pad)))
-    kx = c(F.pad(fold_keys(t.k_x, t.w_q, t.b_q, heads).permute(0, 2, 3, 1).flatten(2), (0, pad)))
-    vy = c((fold_values(t.v_y, t.w_fold, heads) + t.b_y[:, None, None] / heads)
-           .transpose(1, 2).flatten(1, 2))  # (H, heads*n, P)
-    vx = c((fold_values(t.v_x, t.w_fold, heads) + t.b_x[:, None, None] / heads)
-           .transpose(1, 2).flatten(1, 2))  # (W, heads*n, P)
+
+    def axis_keys(k: Tensor) -> Tensor:
+        """(L, n, hid) -> (L, hid+1, HNp): ordered (head, token row or column), padded
+        with zero columns to HNp = heads*n rounded up to 8."""
+        return c(F.pad(fold_keys(k, t.w_q, t.b_q, heads).permute(0, 2, 3, 1).flatten(2),
+                       (0, pad)))
+
+    def axis_values(v: Tensor, bands: Tensor) -> Tensor:
+        """(L, n, hid), the bands' terms (L, P) -> (L, heads*n, P), the terms spread evenly
+        over the heads."""
+        return c((fold_values(v, t.w_fold, heads) + bands[:, None, None] / heads)
+                 .transpose(1, 2).flatten(1, 2))
+
+    ky, kx = axis_keys(t.k_y), axis_keys(t.k_x)
+    vy, vx = axis_values(t.v_y, t.b_y), axis_values(t.v_x, t.b_x)
     q_y, q_x, b_rgb = c(t.q_y), c(t.q_x), c(t.b_rgb)
     w_rgb = c(F.pad(t.w_rgb.T, (0, 5)))  # (P, 8)
     iy, ix = t.Y["idx"][:, 0].contiguous(), t.X["idx"][:, 0].contiguous()
