@@ -180,3 +180,7 @@ class TrainLoopConfig:
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch CPU threads (0 = torch's default)
     init: str = ""  # an inference checkpoint folder whose weights start a fresh run (fine-tuning)
+    # false: parameters that checkpoint lacks keep their fresh initialisation (growing a model,
+    # e.g. LAINR stem_blocks added to a trained stem); names it has that the model lacks and
+    # other shapes are still an error
+    init_strict: bool = True

@@ -142,9 +142,11 @@ def _all_finite(accelerator, loss: torch.Tensor) -> bool:
     return bool(bad.item() == 0)
 
 
-def init_weights(model: torch.nn.Module, folder: str, stage: str) -> None:
+def init_weights(model: torch.nn.Module, folder: str, stage: str, strict: bool = True) -> list[str]:
     """Load an inference checkpoint's weights into a freshly built model (``train.init``):
-    same stage, same parameter names and shapes, or a one-line CheckpointError."""
+    same stage, same parameter names and shapes, or a one-line CheckpointError. With
+    ``strict=False`` the model may have parameters the checkpoint lacks (a grown model); they
+    keep their fresh initialisation. Returns their names."""
     from cascade.checkpoint import load_checkpoint
     from cascade.paths import resolve_repo_path
 
@@ -153,11 +155,17 @@ def init_weights(model: torch.nn.Module, folder: str, stage: str) -> None:
     missing = sorted(set(own) - set(ckpt.state_dict))
     unexpected = sorted(set(ckpt.state_dict) - set(own))
     shapes = [k for k in own if k in ckpt.state_dict and own[k].shape != ckpt.state_dict[k].shape]
-    if missing or unexpected or shapes:
+    if unexpected or shapes:
         raise CheckpointError(f"train.init={folder!r} does not fit this model (missing "
                               f"{missing[:2]}, unexpected {unexpected[:2]}, other shape "
                               f"{shapes[:2]}); use a checkpoint trained with the same model: keys")
-    model.load_state_dict(ckpt.state_dict)
+    if missing and strict:
+        raise CheckpointError(f"train.init={folder!r} does not fit this model: it lacks "
+                              f"{len(missing)} of its tensors ({missing[:2]} ...); to grow a "
+                              f"trained model set train.init_strict=false (the new tensors "
+                              f"keep their initialisation)")
+    model.load_state_dict(ckpt.state_dict, strict=False)
+    return missing
 
 
 @dataclass
@@ -253,9 +261,10 @@ class Trainer:
         task = TASKS.get(cfg.stage)(cfg)
         model = task.build_model()
         if loop.init and fresh:  # a resumed run has its own weights
-            init_weights(model, loop.init, cfg.stage)
+            fresh_names = init_weights(model, loop.init, cfg.stage, loop.init_strict)
             if main:
-                print(f"train: weights from {loop.init} (train.init)", file=sys.stderr)
+                grown = f"; {len(fresh_names)} new tensors start fresh" if fresh_names else ""
+                print(f"train: weights from {loop.init} (train.init){grown}", file=sys.stderr)
         optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, betas=tuple(loop.betas),
                                       weight_decay=loop.weight_decay)
         # Stepped by hand once per optimizer step (accelerate's wrapper would step it

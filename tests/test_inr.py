@@ -156,9 +156,34 @@ def test_local_path_settings_are_checked():
         LAINR(local_pixels=2)
     with pytest.raises(ConfigError, match="stem"):
         LAINR(stem_channels=-1)
+    with pytest.raises(ConfigError, match="stem_blocks"):
+        LAINR(stem_blocks=-1)
     plain = LAINR(**{**TINY, "stem_channels": 0})  # the pure latent-token decoder still works
     lr = torch.rand(1, 3, 12, 12)
     assert plain.upscale(lr, (30, 30)).shape == (1, 3, 30, 30)
+
+
+def test_new_stem_blocks_leave_a_trained_model_unchanged():
+    """Residual stem blocks start as identities: a model grown from trained weights
+    (train.init_strict=false) upscales exactly as before until the blocks learn; once they
+    have, they change the output and widen what it depends on."""
+    small = tiny()
+    grown = tiny(seed=1, stem_blocks=2)
+    missing = grown.load_state_dict(small.state_dict(), strict=False).missing_keys
+    assert missing and all(".stem." in k for k in missing)
+    lr = torch.rand(1, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.upscale(lr, (50, 50)), small.upscale(lr, (50, 50)),
+                                   rtol=0, atol=0)
+        for block in grown.encoder.stem[-2:]:
+            block.conv2.weight.normal_(0, 0.1)
+        far = lr.clone()
+        far[..., :, 10:] = torch.rand(1, 3, 20, 10)  # only columns >= 10 change
+        # 3 stem convs reach 3 px to each side, each block 2 more: column 5 reaches column
+        # 12, columns 0-2 no further than column 9
+        a, b = grown.encode(lr).pixel_features, grown.encode(far).pixel_features
+        assert not torch.allclose(a[..., :, 5], b[..., :, 5])
+        torch.testing.assert_close(a[..., :, :3], b[..., :, :3], rtol=0, atol=0)
 
 
 def test_default_config_shapes():

@@ -122,6 +122,35 @@ def test_init_starts_a_fresh_run_from_an_inference_checkpoint(tmp_path):
         _run(tmp_path / "d", f"train.init={a}", "model.dim=8")
 
 
+def test_init_grows_a_model_only_when_asked(tmp_path):
+    """A model with more stem blocks than its train.init checkpoint: an error that names
+    train.init_strict; with train.init_strict=false the checkpoint's tensors load, the new
+    blocks start as identities, and a wider model is still refused."""
+    from cascade.errors import CheckpointError
+    from cascade.inr.model import LAINR
+
+    a = _run(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="init_strict=false"):
+        _run(tmp_path / "b", f"train.init={a}", "model.stem_blocks=1")
+    frozen = ["train.lr=0.0", "train.schedule=constant", "train.warmup=0", "train.steps=2",
+              "train.val_every=0", f"train.init={a}", "train.init_strict=false"]
+    c = _run(tmp_path / "c", *frozen, "model.stem_blocks=1")
+    wa, wc = load_file(str(a / "model.safetensors")), load_file(str(c / "model.safetensors"))
+    assert set(wc) - set(wa) and all(".stem." in k for k in set(wc) - set(wa))
+    for k in wa:
+        torch.testing.assert_close(wc[k], wa[k], rtol=0, atol=1e-7, msg=k)
+    cfg = load_train_config(TINY, ["model.stem_blocks=1"])
+    grown = LAINR.from_config(cfg.model)
+    grown.load_state_dict(wc)
+    small = LAINR.from_config(load_train_config(TINY).model)
+    small.load_state_dict(wa)
+    lr = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.upscale(lr, (40, 40)), small.upscale(lr, (40, 40)))
+    with pytest.raises(CheckpointError, match="other shape"):
+        _run(tmp_path / "d", *frozen, "model.dim=8")
+
+
 @pytest.mark.parametrize("name", ["lainr.yaml", "sr3_x2.yaml", "sr3_x2_b.yaml"])
 def test_shipped_training_configs_load(name):
     root = Path(__file__).resolve().parents[1]

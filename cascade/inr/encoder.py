@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from cascade.nn.fourier import FourierFeatures
 from cascade.nn.mamba import BiMamba
 
-__all__ = ["Latents", "MambaEncoder", "pad_to_multiple"]
+__all__ = ["Latents", "MambaEncoder", "StemBlock", "pad_to_multiple"]
 
 
 @dataclass
@@ -72,6 +72,24 @@ def cell_centres(grid: tuple[int, int], pixels: int, size: tuple[int, int], devi
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).float()
 
 
+class StemBlock(nn.Module):
+    """(B, C, h, w) -> x + conv(relu(conv(x))), EDSR's residual block without batch norm.
+
+    The second convolution starts at zero, so a new block is an identity: blocks added to a
+    trained stem (``train.init_strict=false``) leave its output unchanged until they learn.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="replicate")
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="replicate")
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
 class MambaEncoder(nn.Module):
     """(B, 3, h, w) in [0, 1] -> :class:`Latents` with a (B, ceil(h/P), ceil(w/P), dim) grid,
     P = patch_size * latent_stride."""
@@ -87,17 +105,22 @@ class MambaEncoder(nn.Module):
         n_freq_pos: int = 4,
         stem_channels: int = 0,
         stem_depth: int = 3,
+        stem_blocks: int = 0,
     ) -> None:
         super().__init__()
         # Pixel stem: a few 3x3 convs give every LR pixel a feature vector (edges, their
-        # orientation and position to sub-pixel precision) for the decoder's local path.
+        # orientation and position to sub-pixel precision) for the decoder's local path,
+        # then ``stem_blocks`` residual blocks that widen what each feature sees (a receptive
+        # field of 2 * stem_depth + 4 * stem_blocks + 1 LR pixels).
         self.stem = None
         if stem_channels:
             layers: list[nn.Module] = []
             for i in range(stem_depth):
                 layers += [nn.Conv2d(3 if i == 0 else stem_channels, stem_channels, 3,
                                      padding=1, padding_mode="replicate"), nn.ReLU()]
-            self.stem = nn.Sequential(*layers[:-1])  # linear output
+            layers = layers[:-1]  # linear output
+            layers += [StemBlock(stem_channels) for _ in range(stem_blocks)]
+            self.stem = nn.Sequential(*layers)
         self.patch_size = patch_size
         self.latent_stride = latent_stride
         self.embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)

@@ -49,6 +49,7 @@ class LAINRConfig:
     use_cell: bool = True  # LIIF cell decoding: the HR pixel size is a decoder input
     stem_channels: int = 32  # per-LR-pixel conv features for the decoder's local path; 0 = off
     stem_depth: int = 3  # 3x3 conv layers of that stem
+    stem_blocks: int = 0  # residual blocks after them (identities when new: grow a trained stem)
     local_pixels: int = 3  # k: the decoder reads the stem features of k x k LR pixels; 0 = off
     # RGB heads' init: 0 makes an untrained model exactly bicubic, but under the L1 loss it
     # stayed there (see docs/lainr.md); a small random init lets training start.
@@ -69,9 +70,9 @@ def _check(c: LAINRConfig) -> None:
     for name in positive:
         if getattr(c, name) < 1:
             raise ConfigError(f"LAINR option {name} must be >= 1, got {getattr(c, name)}")
-    if c.stem_channels < 0 or c.stem_depth < 1:
-        raise ConfigError(f"LAINR stem_channels must be >= 0 and stem_depth >= 1, got "
-                          f"{c.stem_channels}, {c.stem_depth}")
+    if c.stem_channels < 0 or c.stem_depth < 1 or c.stem_blocks < 0:
+        raise ConfigError(f"LAINR stem_channels and stem_blocks must be >= 0 and stem_depth "
+                          f">= 1, got {c.stem_channels}, {c.stem_blocks}, {c.stem_depth}")
     if c.local_pixels < 0 or (c.local_pixels and c.local_pixels % 2 == 0):
         raise ConfigError(f"LAINR local_pixels must be 0 (off) or odd, got {c.local_pixels}")
     if c.hidden % c.heads:
@@ -96,7 +97,7 @@ class LAINR(nn.Module):
         _check(c)
         self.encoder = MambaEncoder(c.dim, c.depth, c.patch_size, c.latent_stride, c.d_state,
                                     c.expand, stem_channels=c.stem_channels,
-                                    stem_depth=c.stem_depth)
+                                    stem_depth=c.stem_depth, stem_blocks=c.stem_blocks)
         self.decoder = LocalityAwareDecoder(c.dim, c.hidden, c.heads, c.sigma_q, c.n_freq_q,
                                             c.sigma_l, c.n_freq_l, c.neighbourhood, c.use_cell,
                                             c.local_pixels, c.stem_channels,
