@@ -163,6 +163,19 @@ def test_local_path_settings_are_checked():
     assert plain.upscale(lr, (30, 30)).shape == (1, 3, 30, 30)
 
 
+def test_kernel_cache_key_tells_cpus_apart():
+    """A -march=native build is keyed by the CPU: x86's model and flags, ARM's part and
+    features (an ARM /proc/cpuinfo has no "flags" line)."""
+    from cascade.inr.native import _cpu_key
+
+    arm = "processor\t: 0\nFeatures\t: fp asimd {}\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
+    assert _cpu_key(arm.format("sve")) != _cpu_key(arm.format(""))
+    assert _cpu_key(arm.format("sve").replace("0xd0c", "0xd40")) != _cpu_key(arm.format("sve"))
+    x86 = "model name\t: Xeon\nflags\t\t: fpu avx2 {}\nbogomips\t: {}\n"
+    assert _cpu_key(x86.format("avx512f", 1)) != _cpu_key(x86.format("", 1))
+    assert _cpu_key(x86.format("", 1)) == _cpu_key(x86.format("", 2))  # not what varies
+
+
 def test_new_stem_blocks_leave_a_trained_model_unchanged():
     """Residual stem blocks start as identities: a model grown from trained weights
     (train.init_strict=false) upscales exactly as before until the blocks learn; once they

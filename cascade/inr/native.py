@@ -88,11 +88,14 @@ def kernel_flops(dec: LocalityAwareDecoder, queries: int) -> float:
     return 2.0 * per_query * queries
 
 
-def _cpu_key() -> str:
-    """What a -march=native binary depends on: the CPU's model and flags."""
+def _cpu_key(info: str | None = None) -> str:
+    """What a -march=native binary depends on: the CPU's model and flags (x86 names them
+    ``model name``/``flags``, ARM ``CPU implementer``/``CPU part``/``Features``)."""
     try:
-        info = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))]
+        info = Path("/proc/cpuinfo").read_text() if info is None else info
+        keys = ("model name", "flags", "CPU implementer", "CPU architecture", "CPU variant",
+                "CPU part", "Features")
+        lines = [ln for ln in info.splitlines() if ln.startswith(keys)]
         return "\n".join(sorted(set(lines)))
     except OSError:
         import platform
