@@ -443,7 +443,15 @@ def test_cascade_method_records_each_stages_defaults_when_they_differ(folder, tm
     assert m.settings["aug_level"] == [0.01, 0.03] and m.settings["steps"] == 2
     assert m(torch.rand(1, 3, 8, 8), (32, 32)).shape == (1, 3, 32, 32)
     m = make_method("cascade", {"pipeline": str(two), "steps": 2, "aug_level": 0.02})
-    assert m.settings["aug_level"] == 0.02
+    assert m.settings["aug_level"] == 0.02 and m.settings["chain_temperature"] == 0.97
+    # the chain's cap is a setting too (a sweep axis): recorded, and it changes the samples
+    lr = torch.rand(1, 3, 8, 8)
+    capped = make_method("cascade", {"pipeline": str(two), "steps": 2, "output": "sample",
+                                     "chain_temperature": 0.5})
+    free = make_method("cascade", {"pipeline": str(two), "steps": 2, "output": "sample",
+                                   "chain_temperature": 1.0})
+    assert capped.settings["chain_temperature"] == 0.5
+    assert not torch.allclose(capped(lr, (32, 32)), free(lr, (32, 32)))
 
 
 def test_memory_budget_counts_diffusion_plans_at_their_own_bytes_per_pixel(folder, tmp_path,

@@ -157,7 +157,9 @@ class CascadeMethod(Method):
     Settings: ``pipeline`` (folder), ``stages`` (auto | inr | inr+1 | inr+2; recorded
     resolved), ``checkpoint`` (a LAINR checkpoint replacing the pipeline's), the sampler knobs
     (``sampler``, ``steps``, ``eta``, ``temperature``, ``aug_level``, ``projection``; recorded
-    with the stage defaults filled in), ``num_samples``, ``seed``, ``output``.
+    with the stage defaults filled in), ``chain_temperature`` (the cap on a stage that feeds
+    another; unset: the pipeline folder's; a value at or above the stages' own temperatures
+    removes it), ``num_samples``, ``seed``, ``output``.
     """
 
     name = "cascade"
@@ -167,11 +169,13 @@ class CascadeMethod(Method):
                  checkpoint: str | None = None, num_samples: int = 1, seed: int = 0,
                  output: str = "mean", sampler: str | None = None, steps: int | None = None,
                  eta: float | None = None, temperature: float | None = None,
-                 aug_level: float | None = None, projection: float | None = None) -> None:
+                 aug_level: float | None = None, projection: float | None = None,
+                 chain_temperature: float | None = None) -> None:
         self.pipe = CascadePipeline.from_pretrained(
             pipeline, lainr=checkpoint, resolve=True, stages=stages, num_samples=num_samples,
             seed=seed, output=output, sampler=sampler, steps=steps, eta=eta,
-            temperature=temperature, aug_level=aug_level, projection=projection)
+            temperature=temperature, aug_level=aug_level, projection=projection,
+            chain_temperature=chain_temperature)
         # What the pipeline runs with: the resolved stages, each sampler knob with the stage
         # defaults filled in (one value per stage where they differ), chain_temperature.
         settings: dict[str, Any] = {"pipeline": str(pipeline), **self.pipe.report(),
