@@ -12,7 +12,7 @@ import difflib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -179,7 +179,9 @@ class TrainLoopConfig:
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch CPU threads (0 = torch's default)
-    init: str = ""  # an inference checkpoint folder whose weights start a fresh run (fine-tuning)
+    # an inference checkpoint folder whose weights start a fresh run (fine-tuning); null or
+    # empty (`train.init=`): from scratch
+    init: Optional[str] = None
     # false: parameters that checkpoint lacks keep their fresh initialisation (growing a model,
     # e.g. LAINR stem_blocks added to a trained stem); names it has that the model lacks and
     # other shapes are still an error
