@@ -145,8 +145,10 @@ def _all_finite(accelerator, loss: torch.Tensor) -> bool:
 def init_weights(model: torch.nn.Module, folder: str, stage: str, strict: bool = True) -> list[str]:
     """Load an inference checkpoint's weights into a freshly built model (``train.init``):
     same stage, same parameter names and shapes, or a one-line CheckpointError. With
-    ``strict=False`` the model may have parameters the checkpoint lacks (a grown model); they
-    keep their fresh initialisation. Returns their names."""
+    ``strict=False`` the model may also hold modules the checkpoint lacks, provided each
+    starts as an identity (a class attribute ``grows_as_identity = True``, e.g. LAINR's
+    ``StemBlock``): a grown model then computes what the checkpoint did. Returns the names
+    of the tensors that keep their fresh initialisation."""
     from cascade.checkpoint import load_checkpoint
     from cascade.paths import resolve_repo_path
 
@@ -155,15 +157,21 @@ def init_weights(model: torch.nn.Module, folder: str, stage: str, strict: bool =
     missing = sorted(set(own) - set(ckpt.state_dict))
     unexpected = sorted(set(ckpt.state_dict) - set(own))
     shapes = [k for k in own if k in ckpt.state_dict and own[k].shape != ckpt.state_dict[k].shape]
+    same = f"set the model.* options to those in {folder}/config.yaml"
     if unexpected or shapes:
-        raise CheckpointError(f"train.init={folder!r} does not fit this model (missing "
-                              f"{missing[:2]}, unexpected {unexpected[:2]}, other shape "
-                              f"{shapes[:2]}); use a checkpoint trained with the same model: keys")
-    if missing and strict:
-        raise CheckpointError(f"train.init={folder!r} does not fit this model: it lacks "
-                              f"{len(missing)} of its tensors ({missing[:2]} ...); to grow a "
-                              f"trained model set train.init_strict=false (the new tensors "
-                              f"keep their initialisation)")
+        raise CheckpointError(f"train.init={folder!r} does not fit this model (the checkpoint "
+                              f"has {len(unexpected)} tensors the model lacks, e.g. "
+                              f"{unexpected[:2]}; {len(shapes)} of another shape, e.g. "
+                              f"{shapes[:2]}): {same}")
+    growable = tuple(f"{name}." for name, m in model.named_modules()
+                     if name and getattr(m, "grows_as_identity", False))
+    foreign = [k for k in missing if not k.startswith(growable)] if growable else missing
+    if missing and (strict or foreign):
+        grow = ("; to grow a trained model by identity-initialised blocks set "
+                "train.init_strict=false" if strict and not foreign else "")
+        raise CheckpointError(f"train.init={folder!r} does not fit this model: the checkpoint "
+                              f"lacks {len(missing)} of the model's tensors (e.g. "
+                              f"{(foreign or missing)[:2]}){grow}; else {same}")
     model.load_state_dict(ckpt.state_dict, strict=False)
     return missing
 
@@ -263,7 +271,9 @@ class Trainer:
         if loop.init and fresh:  # a resumed run has its own weights
             fresh_names = init_weights(model, loop.init, cfg.stage, loop.init_strict)
             if main:
-                grown = f"; {len(fresh_names)} new tensors start fresh" if fresh_names else ""
+                blocks = sorted({n.rsplit(".", 2)[0] for n in fresh_names})  # module prefixes
+                grown = (f"; {len(fresh_names)} new tensors start fresh as identities "
+                         f"({', '.join(blocks)})" if fresh_names else "")
                 print(f"train: weights from {loop.init} (train.init){grown}", file=sys.stderr)
         optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, betas=tuple(loop.betas),
                                       weight_decay=loop.weight_decay)

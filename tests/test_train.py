@@ -125,7 +125,7 @@ def test_init_starts_a_fresh_run_from_an_inference_checkpoint(tmp_path):
 def test_init_grows_a_model_only_when_asked(tmp_path):
     """A model with more stem blocks than its train.init checkpoint: an error that names
     train.init_strict; with train.init_strict=false the checkpoint's tensors load, the new
-    blocks start as identities, and a wider model is still refused."""
+    blocks start as identities; a wider or deeper model is still refused."""
     from cascade.errors import CheckpointError
     from cascade.inr.model import LAINR
 
@@ -147,8 +147,13 @@ def test_init_grows_a_model_only_when_asked(tmp_path):
     lr = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(grown.upscale(lr, (40, 40)), small.upscale(lr, (40, 40)))
-    with pytest.raises(CheckpointError, match="other shape"):
+    with pytest.raises(CheckpointError, match="another shape"):
         _run(tmp_path / "d", *frozen, "model.dim=8")
+    # A deeper stem is not an identity (its old last conv gains a ReLU): refused even when
+    # growing is allowed, and the error does not suggest init_strict.
+    with pytest.raises(CheckpointError, match=r"lacks 2 of the model's tensors.*config\.yaml") as err:
+        _run(tmp_path / "e", *frozen, "model.stem_depth=4")
+    assert "init_strict" not in str(err.value)
 
 
 @pytest.mark.parametrize("name", ["lainr.yaml", "sr3_x2.yaml", "sr3_x2_b.yaml"])
@@ -158,6 +163,8 @@ def test_shipped_training_configs_load(name):
     assert cfg.stage in ("lainr", "sr3") and cfg.train.steps > 0
     if cfg.train.init:  # fine-tuned from a shipped checkpoint (docs/training.md)
         assert (root / cfg.train.init / "model.safetensors").is_file()
+        # and `train.init=` clears it: the same recipe from scratch
+        assert not load_train_config(root / "configs" / name, ["train.init="]).train.init
     if name == "sr3_x2_b.yaml":  # the second x2 stage: stronger conditioning augmentation
         assert cfg.objective.aug_max > load_train_config(root / "configs" / "sr3_x2.yaml"
                                                          ).objective.aug_max

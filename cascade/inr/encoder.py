@@ -79,6 +79,8 @@ class StemBlock(nn.Module):
     trained stem (``train.init_strict=false``) leave its output unchanged until they learn.
     """
 
+    grows_as_identity = True  # train.init_strict=false may add it to a trained model
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="replicate")
