@@ -158,6 +158,8 @@ def test_local_path_settings_are_checked():
         LAINR(stem_channels=-1)
     with pytest.raises(ConfigError, match="stem_blocks"):
         LAINR(stem_blocks=-1)
+    with pytest.raises(ConfigError, match="stem_channels > 0"):
+        LAINR(stem_channels=0, stem_blocks=2)  # blocks without a stem would be ignored
     plain = LAINR(**{**TINY, "stem_channels": 0})  # the pure latent-token decoder still works
     lr = torch.rand(1, 3, 12, 12)
     assert plain.upscale(lr, (30, 30)).shape == (1, 3, 30, 30)
@@ -165,7 +167,8 @@ def test_local_path_settings_are_checked():
 
 def test_kernel_cache_key_tells_cpus_apart():
     """A -march=native build is keyed by the CPU: x86's model and flags, ARM's part and
-    features (an ARM /proc/cpuinfo has no "flags" line)."""
+    features (an ARM /proc/cpuinfo has no "flags" line), RISC-V's isa, and any other
+    cpuinfo whole but for its clock."""
     from cascade.inr.native import _cpu_key
 
     arm = "processor\t: 0\nFeatures\t: fp asimd {}\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
@@ -174,6 +177,11 @@ def test_kernel_cache_key_tells_cpus_apart():
     x86 = "model name\t: Xeon\nflags\t\t: fpu avx2 {}\nbogomips\t: {}\n"
     assert _cpu_key(x86.format("avx512f", 1)) != _cpu_key(x86.format("", 1))
     assert _cpu_key(x86.format("", 1)) == _cpu_key(x86.format("", 2))  # not what varies
+    rv = "processor\t: 0\nisa\t\t: rv64imafdc{}\nuarch\t\t: sifive,u74-mc\n"
+    assert _cpu_key(rv.format("v")) != _cpu_key(rv.format(""))
+    odd = "processor : 0\nvendor : Acme {}\ncpu MHz : {}\n"  # no known key: all but the clock
+    assert _cpu_key(odd.format("A", 1)) != _cpu_key(odd.format("B", 1))
+    assert _cpu_key(odd.format("A", 1)) == _cpu_key(odd.format("A", 2))
 
 
 def test_new_stem_blocks_leave_a_trained_model_unchanged():

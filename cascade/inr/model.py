@@ -73,6 +73,9 @@ def _check(c: LAINRConfig) -> None:
     if c.stem_channels < 0 or c.stem_depth < 1 or c.stem_blocks < 0:
         raise ConfigError(f"LAINR stem_channels and stem_blocks must be >= 0 and stem_depth "
                           f">= 1, got {c.stem_channels}, {c.stem_blocks}, {c.stem_depth}")
+    if c.stem_blocks and not c.stem_channels:
+        raise ConfigError(f"LAINR stem_blocks={c.stem_blocks} needs the pixel stem: set "
+                          f"stem_channels > 0 (e.g. 32) or stem_blocks=0")
     if c.local_pixels < 0 or (c.local_pixels and c.local_pixels % 2 == 0):
         raise ConfigError(f"LAINR local_pixels must be 0 (off) or odd, got {c.local_pixels}")
     if c.hidden % c.heads:

@@ -90,17 +90,21 @@ def kernel_flops(dec: LocalityAwareDecoder, queries: int) -> float:
 
 def _cpu_key(info: str | None = None) -> str:
     """What a -march=native binary depends on: the CPU's model and flags (x86 names them
-    ``model name``/``flags``, ARM ``CPU implementer``/``CPU part``/``Features``)."""
+    ``model name``/``flags``, ARM ``CPU implementer``/``CPU part``/``Features``, RISC-V
+    ``isa``/``uarch``, POWER ``cpu``, s390x ``features``). A /proc/cpuinfo with none of
+    these keys is used whole, less the lines that change while it runs (clock, bogomips)."""
+    import platform
+
     try:
         info = Path("/proc/cpuinfo").read_text() if info is None else info
-        keys = ("model name", "flags", "CPU implementer", "CPU architecture", "CPU variant",
-                "CPU part", "Features")
-        lines = [ln for ln in info.splitlines() if ln.startswith(keys)]
-        return "\n".join(sorted(set(lines)))
     except OSError:
-        import platform
-
-        return platform.processor() or platform.machine()
+        return platform.machine() + " " + platform.processor()
+    keys = ("model name", "flags", "CPU implementer", "CPU architecture", "CPU variant",
+            "CPU part", "Features", "features", "isa", "uarch", "cpu\t", "cpu :")
+    lines = [ln for ln in info.splitlines() if ln.startswith(keys)]
+    if not lines:
+        lines = [ln for ln in info.splitlines() if "MHz" not in ln and "bogo" not in ln.lower()]
+    return platform.machine() + "\n" + "\n".join(sorted(set(lines)))
 
 
 def _build(cc: str, target: Path) -> None:
