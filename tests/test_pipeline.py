@@ -452,6 +452,12 @@ def test_cascade_method_records_each_stages_defaults_when_they_differ(folder, tm
                                    "chain_temperature": 1.0})
     assert capped.settings["chain_temperature"] == 0.5
     assert not torch.allclose(capped(lr, (32, 32)), free(lr, (32, 32)))
+    # where it cannot apply it is not recorded: one stage, or a temperature for all stages
+    one = make_method("cascade", {"pipeline": str(two), "stages": "inr+1", "steps": 2,
+                                  "chain_temperature": 0.5})
+    hot = make_method("cascade", {"pipeline": str(two), "steps": 2, "temperature": 0.8,
+                                  "chain_temperature": 0.5})
+    assert one.settings["chain_temperature"] is None and hot.settings["chain_temperature"] is None
 
 
 def test_memory_budget_counts_diffusion_plans_at_their_own_bytes_per_pixel(folder, tmp_path,

@@ -146,7 +146,8 @@ class CascadePipeline:
         """The settings this pipeline runs with, as an evaluation row records them: the
         resolved ``stages``, the diffusion stages used, each sampler knob with the stages'
         defaults filled in (one value when the stages agree, else one per stage, in order;
-        without the chain's temperature cap, which ``chain_temperature`` gives)."""
+        without the chain's temperature cap, which ``chain_temperature`` gives, None where it
+        cannot apply: one diffusion stage, or ``temperature`` set)."""
         cfg = self.config
         spec, used = self.resolve_stages()
         knobs = {k: getattr(cfg, k) for k in KNOBS}
@@ -154,7 +155,8 @@ class CascadePipeline:
         resolved = {k: (per_stage[0][k] if all(p[k] == per_stage[0][k] for p in per_stage)
                         else [p[k] for p in per_stage]) for k in (per_stage[0] if used else {})}
         return {"stages": spec, "diffusion": [d.name for d in used], **resolved,
-                "chain_temperature": None if cfg.temperature is not None
+                # the cap applies only where a stage feeds another and no temperature is set
+                "chain_temperature": None if cfg.temperature is not None or len(used) < 2
                 else cfg.chain_temperature}
 
     def describe(self) -> dict[str, Any]:
