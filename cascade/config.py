@@ -182,7 +182,7 @@ class TrainLoopConfig:
     # an inference checkpoint folder whose weights start a fresh run (fine-tuning); null or
     # empty (`train.init=`): from scratch
     init: Optional[str] = None
-    # false: parameters that checkpoint lacks keep their fresh initialisation (growing a model,
-    # e.g. LAINR stem_blocks added to a trained stem); names it has that the model lacks and
-    # other shapes are still an error
+    # false: modules that checkpoint lacks keep their fresh initialisation if they start as
+    # identities (growing a model, e.g. LAINR stem_blocks added to a trained stem); any other
+    # missing tensor, names it has that the model lacks and other shapes are still an error
     init_strict: bool = True

@@ -165,7 +165,7 @@ def init_weights(model: torch.nn.Module, folder: str, stage: str, strict: bool =
                               f"{shapes[:2]}): {same}")
     growable = tuple(f"{name}." for name, m in model.named_modules()
                      if name and getattr(m, "grows_as_identity", False))
-    foreign = [k for k in missing if not k.startswith(growable)] if growable else missing
+    foreign = [k for k in missing if not k.startswith(growable)]  # all of them if none grow
     if missing and (strict or foreign):
         grow = ("; to grow a trained model by identity-initialised blocks set "
                 "train.init_strict=false" if strict and not foreign else "")
