@@ -441,7 +441,14 @@ def test_cascade_method_records_each_stages_defaults_when_they_differ(folder, tm
     m = make_method("cascade", {"pipeline": str(two), "steps": 2})
     assert m.settings["diffusion"] == ["sr3_x2", "sr3_x2_b"] and m.settings["stages"] == "inr+2"
     assert m.settings["aug_level"] == [0.01, 0.03] and m.settings["steps"] == 2
+    assert m.ran() is None  # nothing ran yet
     assert m(torch.rand(1, 3, 8, 8), (32, 32)).shape == (1, 3, 32, 32)
+    assert m.ran() == "sr3_x2 -> sr3_x2_b"  # x4: no resampling step
+    # the settings say which stages it may use; the row says which the scale used
+    assert m(torch.rand(1, 3, 8, 8), (16, 16)).shape == (1, 3, 16, 16)
+    assert m.ran() == "sr3_x2" and m.settings["stages"] == "inr+2"
+    m(torch.rand(1, 3, 8, 8), (20, 20))
+    assert m.ran() == "lainr -> sr3_x2"  # x2.5: LAINR to x1.25, then one x2 stage
     m = make_method("cascade", {"pipeline": str(two), "steps": 2, "aug_level": 0.02})
     assert m.settings["aug_level"] == 0.02 and m.settings["chain_temperature"] == 0.97
     # the chain's cap is a setting too (a sweep axis): recorded, and it changes the samples

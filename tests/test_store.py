@@ -48,3 +48,14 @@ def test_summary_means_skip_nulls_and_inf():
     assert by_scale[4.0]["psnr"] == 20.0
     table = format_table(summary, ["psnr"])
     assert "x2" in table and "31.00" in table and json.dumps({}) not in table
+
+
+def test_summary_joins_the_values_of_a_text_field():
+    """``ran`` (the steps a cascade ran for an image) is text: its distinct values, no mean."""
+    rows = [{**_row("a", 30.0), "ran": "lainr -> sr3_x2"},
+            {**_row("b", 32.0), "ran": "lainr -> sr3_x2"},
+            {**_row("c", 31.0, scale=4.0), "ran": "lainr -> sr3_x2 -> sr3_x2_b"},
+            {**_row("d", 33.0, scale=4.0), "ran": "lainr -> sr3_x2"}]
+    by_scale = {e["scale"]: e for e in summarize(rows)}
+    assert by_scale[2.0]["ran"] == "lainr -> sr3_x2" and by_scale[2.0]["psnr"] == 31.0
+    assert by_scale[4.0]["ran"] == "lainr -> sr3_x2 | lainr -> sr3_x2 -> sr3_x2_b"

@@ -42,8 +42,12 @@ class Blend(Method):
         CALLS.append(dict(self.settings))
         if len(CALLS) == self.fail_at:
             raise KeyboardInterrupt
+        self.last = f"bicubic to {size[1]}x{size[0]}"
         up = upscale_bicubic(lr, size).clamp(0, 1)
         return (1 - self.settings["w"]) * up + self.settings["w"] * up.mean()
+
+    def ran(self):
+        return getattr(self, "last", None)
 
 
 if Blend.name not in METHODS:
@@ -135,6 +139,9 @@ def test_a_sweep_runs_every_variant_once_and_resumes(photos, tmp_path):
         "{}", '{"steps": 1, "w": 0.0}', '{"steps": 1, "w": 0.5}'}
     blended = [r for r in rows if r["method"] == Blend.name]
     assert all(r["params"] == 7 and r["seconds"] >= 0 for r in blended)
+    # what the method says it ran is in its rows (the 64 px photos are the HR), not bicubic's
+    assert {r["ran"] for r in blended} == {"bicubic to 64x64"}
+    assert all("ran" not in r for r in rows if r["method"] == "bicubic")
     w0 = {r["image"]: r["psnr"] for r in blended if r["settings"]["w"] == 0.0}
     bic = {r["image"]: r["psnr"] for r in rows if r["method"] == "bicubic"}
     assert w0 == bic  # w=0 is bicubic

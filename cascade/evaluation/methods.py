@@ -48,6 +48,11 @@ class Method:
     def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
 
+    def ran(self) -> str | None:
+        """What the last call ran, where that depends on the input and the settings do not
+        say it (recorded in the image's row as ``ran``); None: nothing to add."""
+        return None
+
 
 @METHODS.register("bicubic")
 class Bicubic(Method):
@@ -194,8 +199,16 @@ class CascadeMethod(Method):
         return self
 
     def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        outs = [self.pipe(x, size=tuple(size)).image for x in lr]  # one image at a time
-        return torch.stack(outs).to(lr.device)  # (B, 3, H, W)
+        outs = [self.pipe(x, size=tuple(size)) for x in lr]  # one image at a time
+        # The settings record the stages the pipeline may use (stages: auto -> inr+2); the
+        # plan uses as many x2 stages as the scale needs, e.g. only sr3_x2 at x2.
+        self._ran = " -> ".join(s.stage for s in outs[-1].plan.steps)
+        return torch.stack([o.image for o in outs]).to(lr.device)  # (B, 3, H, W)
+
+    def ran(self) -> str | None:
+        """The steps of the last image's plan: "sr3_x2" at x2 (each stage conditions on its
+        own LAINR x2), "lainr -> sr3_x2" at x2.5 (LAINR resamples to x1.25 first)."""
+        return getattr(self, "_ran", None)
 
 
 def make_method(name: str, settings: dict[str, Any] | None = None) -> Method:

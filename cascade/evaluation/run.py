@@ -176,6 +176,8 @@ def _evaluate_group(run: _Run, method, ds, scale: float, bar) -> None:
                 save_image(sr[0].cpu(), cached)
             if have is None:
                 row.update({"seconds": seconds, "params": method.num_params})
+                if (ran := method.ran()) is not None:
+                    row["ran"] = ran
         for mname in todo:
             value = None
             if run.available[mname]:
@@ -210,8 +212,9 @@ SUMMARY_KEYS = ("method", "settings", "dataset", "scale")
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean of every numeric field per method x settings x dataset x scale (nulls skipped);
-    the fields of the group's set row (FID, KID, patches) are added as they are."""
+    """Mean of every numeric field per method x settings x dataset x scale (nulls skipped),
+    the distinct values of a text field (``ran``) joined by " | "; the fields of the group's
+    set row (FID, KID, patches) are added as they are."""
     import json
 
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
@@ -231,6 +234,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                  "scale": scale, "images": len(rs)}
         fields = dict.fromkeys(k for r in rs for k in r if k not in (*SUMMARY_KEYS, "image"))
         for k in fields:
+            texts = sorted({r[k] for r in rs if isinstance(r.get(k), str)})
+            if texts:  # a text field (``ran``): its values, not a mean
+                entry[k] = " | ".join(texts)
+                continue
             vals = [r[k] for r in rs if isinstance(r.get(k), (int, float)) and r.get(k) is not None]
             finite = [v for v in vals if math.isfinite(v)]
             entry[k] = sum(finite) / len(finite) if finite else None
