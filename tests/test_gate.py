@@ -53,6 +53,24 @@ def test_mean_of_n_and_colour_spread():
     assert not c[(m, "PSNR spread over colours")].passed
 
 
+def test_variants_with_the_same_label_from_two_pipelines_are_not_mixed():
+    """Two result folders of the same grid point, run with two pipelines: two variants,
+    each checked on its own rows and labelled by the setting that differs."""
+    rows = [row("lainr", "a", 40.0), row("lainr", "b", 40.0)]
+    for pipe, psnr in (("checkpoints", 39.0), ("runs/pipe_new", 36.0)):
+        for image in ("a", "b"):
+            r = row("cascade", image, psnr, n=1)
+            r["settings"] = {**r["settings"], "pipeline": pipe, "steps": 10}
+            rows.append(r)
+    c = by_target(gate(rows))
+    old = "cascade(num_samples=1,output=sample,pipeline=checkpoints)"
+    new = "cascade(num_samples=1,output=sample,pipeline=runs/pipe_new)"
+    assert c[(old, "PSNR - LAINR (mean)")].value == pytest.approx(-1.0)
+    assert c[(new, "PSNR - LAINR (mean)")].value == pytest.approx(-4.0)
+    # a lone variant keeps the short label
+    assert {x.method for x in gate(rows[:4])} == {"cascade(num_samples=1,output=sample)"}
+
+
 def test_variant_label_and_nothing_to_pair():
     assert variant_label(row("lainr", "a", 1.0)) == "lainr"
     assert gate([row("cascade", "a", 30.0, n=1)]) == []  # no LAINR row to compare with

@@ -13,11 +13,14 @@ of N samples) the gate pairs each image with LAINR's result on the same image an
 * on a dataset of colour variants of one photo (``photos:colour``): the spread (max - min)
   of the method's PSNR over the variants <= 1 dB.
 
+Variants are told apart by all their settings: rows of the same grid point run with two
+pipelines (two result folders) are two variants, labelled by the settings that differ.
 Pure functions of the rows; ``scripts/gate_report.py`` prints them as a table.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
@@ -46,12 +49,30 @@ class Check:
     passed: bool
 
 
-def variant_label(row: dict[str, Any]) -> str:
-    """A method and the settings that tell its variants apart (number of samples, output)."""
+LABEL_KEYS = ("num_samples", "output")  # the settings every label shows
+
+
+def variant_label(row: dict[str, Any], more: Iterable[str] = ()) -> str:
+    """A method and the settings that tell its variants apart: the number of samples, the
+    output, and ``more`` (settings that differ between variants with the same two)."""
+    from cascade.evaluation.sweep import label
+
     s = row.get("settings") or {}
-    keys = [k for k in ("num_samples", "output") if k in s]
-    inner = ",".join(f"{k}={s[k]}" for k in keys)
-    return f"{row['method']}({inner})" if inner else str(row["method"])
+    return label(str(row["method"]), s, [*LABEL_KEYS, *more])
+
+
+def _labels(settings: dict[tuple, dict[str, Any]]) -> dict[tuple, str]:
+    """(method, settings JSON) -> label; variants that share a short label (e.g. the same
+    grid point from two pipelines' result folders) also show the settings that differ."""
+    short = {key: variant_label({"method": key[0], "settings": s})
+             for key, s in settings.items()}
+    labels = {}
+    for key, s in settings.items():
+        rivals = [settings[k] for k in settings if short[k] == short[key]]
+        differ = [k for k in dict.fromkeys(k for r in rivals for k in r)
+                  if k not in LABEL_KEYS and len({json.dumps(r.get(k)) for r in rivals}) > 1]
+        labels[key] = variant_label({"method": key[0], "settings": s}, differ)
+    return labels
 
 
 def _samples(row: dict[str, Any]) -> int:
@@ -65,14 +86,20 @@ def gate(rows: Iterable[dict[str, Any]], reference: str = "lainr",
     check."""
     ref: dict[tuple, dict[str, Any]] = {}
     runs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    settings: dict[tuple, dict[str, Any]] = {}  # (method, settings JSON) -> settings
     for r in rows:
         key = (r["dataset"], float(r["scale"]))
         if r["method"] == reference:
             ref[key + (r["image"],)] = r
         elif r["method"] in methods:
-            runs[key + (variant_label(r),)][r["image"]] = r
+            variant = (r["method"], json.dumps(r.get("settings") or {}, sort_keys=True))
+            settings[variant] = r.get("settings") or {}
+            runs[key + variant][r["image"]] = r
+    labels = _labels(settings)
     checks: list[Check] = []
-    for (dataset, scale, label), images in sorted(runs.items()):
+    for (dataset, scale, *variant), images in sorted(
+            runs.items(), key=lambda kv: (*kv[0][:2], labels[tuple(kv[0][2:])])):
+        label = labels[tuple(variant)]
         pairs = [(r, ref[(dataset, scale, name)]) for name, r in sorted(images.items())
                  if (dataset, scale, name) in ref]
         if not pairs:
