@@ -179,8 +179,9 @@ class TrainLoopConfig:
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch CPU threads (0 = torch's default)
-    # an inference checkpoint folder whose weights start a fresh run (fine-tuning); null or
-    # empty (`train.init=`): from scratch
+    # an inference checkpoint folder whose weights start a fresh run (fine-tuning), validated
+    # at step 0 (the curve's starting point) when val_every > 0; null or empty
+    # (`train.init=`): from scratch
     init: Optional[str] = None
     # false: modules that checkpoint lacks keep their fresh initialisation if they start as
     # identities (growing a model, e.g. LAINR stem_blocks added to a trained stem); any other

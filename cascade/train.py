@@ -210,6 +210,9 @@ class Trainer:
         if start is not None:
             self._resume(s, start)
         self._announce(s)
+        if loop.init and start is None and loop.val_every:
+            # the starting point of a fine-tuning curve: the train.init weights, validated
+            self._validate(s.accelerator, s.task, s.raw, s.ema, 0)
         bar = tqdm(total=loop.steps, initial=s.step, desc=f"train {cfg.stage}",
                    disable=not s.main, dynamic_ncols=True)
         nonfinite, t_last, seen = 0, time.perf_counter(), 0

@@ -102,9 +102,10 @@ def test_cli_entry_point_reports_errors_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "train.lr" in err[0]
 
 
-def test_init_starts_a_fresh_run_from_an_inference_checkpoint(tmp_path):
-    """train.init loads the weights (here with lr=0 they must come out unchanged), is ignored
-    when the run resumes, and a checkpoint of another shape is a one-line error."""
+def test_init_starts_a_fresh_run_from_an_inference_checkpoint(tmp_path, capsys):
+    """train.init loads the weights (here with lr=0 they must come out unchanged), validates
+    them at step 0, is ignored when the run resumes, and a checkpoint of another shape is a
+    one-line error."""
     from cascade.errors import CheckpointError
 
     a = _run(tmp_path / "a")
@@ -114,6 +115,13 @@ def test_init_starts_a_fresh_run_from_an_inference_checkpoint(tmp_path):
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-7, msg=k)
+    # a fine-tuning run validates its starting point at step 0; with lr = 0 the weights do
+    # not move, so step 0 and step 2 agree (the EMA starts from the init weights too)
+    capsys.readouterr()
+    _run(tmp_path / "v", *frozen[:4], "train.steps=2", "train.val_every=2")
+    vals = {line.split(":")[0]: line.split(":", 1)[1]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("val step")}
+    assert set(vals) == {"val step 0", "val step 2"} and vals["val step 0"] == vals["val step 2"]
     fresh = load_file(str(_run(tmp_path / "c", *frozen[:3], "train.steps=3") / "model.safetensors"))
     assert any(not torch.equal(fresh[k], wa[k]) for k in wa)
     # resuming b with a broken init path does not touch it: the checkpoint wins
