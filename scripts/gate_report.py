@@ -37,9 +37,10 @@ def main() -> int:
         print("gate_report: no cascade/sr3 rows with LAINR rows on the same images",
               file=sys.stderr)
         return 2
-    print(f"{'dataset':<18} {'scale':>5}  {'method':<40} {'target':<36} {'value':>8}  result")
+    w = max(40, *(len(c.method) for c in checks))  # labels grow with the settings that differ
+    print(f"{'dataset':<18} {'scale':>5}  {'method':<{w}} {'target':<36} {'value':>8}  result")
     for c in checks:
-        print(f"{c.dataset:<18} {'x' + format(c.scale, 'g'):>5}  {c.method:<40} "
+        print(f"{c.dataset:<18} {'x' + format(c.scale, 'g'):>5}  {c.method:<{w}} "
               f"{c.target:<36} {c.value:>8.3f}  {'PASS' if c.passed else 'MISS'}")
     for dataset in COLOUR_SETS:
         for scale in sorted({float(r["scale"]) for r in rows if r["dataset"] == dataset}):

@@ -69,6 +69,16 @@ def test_variants_with_the_same_label_from_two_pipelines_are_not_mixed():
     assert c[(new, "PSNR - LAINR (mean)")].value == pytest.approx(-4.0)
     # a lone variant keeps the short label
     assert {x.method for x in gate(rows[:4])} == {"cascade(num_samples=1,output=sample)"}
+    # a setting one variant lacks and the other has as null differs too
+    for r in rows[2:4]:
+        r["settings"] = {**r["settings"], "chain_temperature": None}
+    assert len({x.method for x in gate(rows)}) == 2
+    # values that print alike (checkpoints named by their folder): a digest tells them apart
+    for r, ckpt in zip(rows[2:], ["a/lainr"] * 2 + ["b/lainr"] * 2):
+        r["settings"] = {"num_samples": 1, "output": "sample", "checkpoint": ckpt}
+    labels = sorted({x.method for x in gate(rows)})
+    assert len(labels) == 2 and all(m.startswith(
+        "cascade(num_samples=1,output=sample,checkpoint=lainr)#") for m in labels)
 
 
 def test_variant_label_and_nothing_to_pair():

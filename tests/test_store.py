@@ -51,11 +51,15 @@ def test_summary_means_skip_nulls_and_inf():
 
 
 def test_summary_joins_the_values_of_a_text_field():
-    """``ran`` (the steps a cascade ran for an image) is text: its distinct values, no mean."""
-    rows = [{**_row("a", 30.0), "ran": "lainr -> sr3_x2"},
-            {**_row("b", 32.0), "ran": "lainr -> sr3_x2"},
-            {**_row("c", 31.0, scale=4.0), "ran": "lainr -> sr3_x2 -> sr3_x2_b"},
-            {**_row("d", 33.0, scale=4.0), "ran": "lainr -> sr3_x2"}]
+    """``ran`` (the steps a cascade ran for an image) is text: its distinct values, no mean;
+    rows without it are skipped, and a field with numbers keeps its mean."""
+    rows = [{**_row("a", 30.0), "ran": "sr3_x2"}, {**_row("b", 32.0), "ran": "sr3_x2"},
+            {**_row("c", 31.0, scale=3.0), "ran": "lainr -> sr3_x2"},
+            {**_row("d", 33.0, scale=3.0), "ran": "sr3_x2"},
+            _row("e", 32.0, scale=3.0),  # a row from before rows had ``ran``
+            {**_row("f", 30.0, scale=4.0), "x": 1.0}, {**_row("g", 30.0, scale=4.0), "x": "?"},
+            {**_row("h", 30.0, scale=4.0), "x": 3.0}]
     by_scale = {e["scale"]: e for e in summarize(rows)}
-    assert by_scale[2.0]["ran"] == "lainr -> sr3_x2" and by_scale[2.0]["psnr"] == 31.0
-    assert by_scale[4.0]["ran"] == "lainr -> sr3_x2 | lainr -> sr3_x2 -> sr3_x2_b"
+    assert by_scale[2.0]["ran"] == "sr3_x2" and by_scale[2.0]["psnr"] == 31.0
+    assert by_scale[3.0]["ran"] == "lainr -> sr3_x2 | sr3_x2"
+    assert by_scale[4.0]["x"] == 2.0

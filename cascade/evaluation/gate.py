@@ -20,9 +20,10 @@ Pure functions of the rows; ``scripts/gate_report.py`` prints them as a table.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -69,10 +70,16 @@ def _labels(settings: dict[tuple, dict[str, Any]]) -> dict[tuple, str]:
     labels = {}
     for key, s in settings.items():
         rivals = [settings[k] for k in settings if short[k] == short[key]]
-        differ = [k for k in dict.fromkeys(k for r in rivals for k in r)
-                  if k not in LABEL_KEYS and len({json.dumps(r.get(k)) for r in rivals}) > 1]
+        # a setting differs when its value does, or when some variants lack it
+        differ = [k for k in dict.fromkeys(k for r in rivals for k in r) if k not in LABEL_KEYS
+                  and len({(k in r, json.dumps(r.get(k), sort_keys=True)) for r in rivals}) > 1]
         labels[key] = variant_label({"method": key[0], "settings": s}, differ)
-    return labels
+    # values that print alike (a checkpoint is named by its folder) still collide: a digest
+    # of all the settings tells them apart, as the image cache's folder names do
+    counts = Counter(labels.values())
+    return {key: text if counts[text] == 1
+            else f"{text}#{hashlib.sha1(key[1].encode()).hexdigest()[:6]}"
+            for key, text in labels.items()}
 
 
 def _samples(row: dict[str, Any]) -> int:

@@ -206,8 +206,9 @@ class CascadeMethod(Method):
         return torch.stack([o.image for o in outs]).to(lr.device)  # (B, 3, H, W)
 
     def ran(self) -> str | None:
-        """The steps of the last image's plan: "sr3_x2" at x2 (each stage conditions on its
-        own LAINR x2), "lainr -> sr3_x2" at x2.5 (LAINR resamples to x1.25 first)."""
+        """The steps of the last image's plan: "sr3_x2" at x2, "lainr -> sr3_x2" at x2.5
+        (LAINR resamples to x1.25 first). Only the plan's steps: a diffusion stage also runs
+        LAINR x2 inside it, for its conditioning, so "sr3_x2" alone still used LAINR."""
         return getattr(self, "_ran", None)
 
 

@@ -176,8 +176,8 @@ def _evaluate_group(run: _Run, method, ds, scale: float, bar) -> None:
                 save_image(sr[0].cpu(), cached)
             if have is None:
                 row.update({"seconds": seconds, "params": method.num_params})
-                if (ran := method.ran()) is not None:
-                    row["ran"] = ran
+            if (ran := method.ran()) is not None and "ran" not in (have or {}):
+                row["ran"] = ran  # also for a row from before rows had it, once it runs
         for mname in todo:
             value = None
             if run.available[mname]:
@@ -234,9 +234,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                  "scale": scale, "images": len(rs)}
         fields = dict.fromkeys(k for r in rs for k in r if k not in (*SUMMARY_KEYS, "image"))
         for k in fields:
-            texts = sorted({r[k] for r in rs if isinstance(r.get(k), str)})
-            if texts:  # a text field (``ran``): its values, not a mean
-                entry[k] = " | ".join(texts)
+            given = [r[k] for r in rs if r.get(k) is not None]
+            if given and all(isinstance(v, str) for v in given):  # text (``ran``): its values
+                entry[k] = " | ".join(sorted(set(given)))
                 continue
             vals = [r[k] for r in rs if isinstance(r.get(k), (int, float)) and r.get(k) is not None]
             finite = [v for v in vals if math.isfinite(v)]
