@@ -125,7 +125,11 @@ def test_init_starts_a_fresh_run_from_an_inference_checkpoint(tmp_path, capsys):
     fresh = load_file(str(_run(tmp_path / "c", *frozen[:3], "train.steps=3") / "model.safetensors"))
     assert any(not torch.equal(fresh[k], wa[k]) for k in wa)
     # resuming b with a broken init path does not touch it: the checkpoint wins
-    _run(tmp_path / "b", *frozen[:3], "train.init=/nonexistent", "train.steps=4")
+    capsys.readouterr()
+    _run(tmp_path / "b", *frozen[:3], "train.init=/nonexistent", "train.steps=4",
+         "train.val_every=4")
+    out = capsys.readouterr().out  # a resumed run validates as it trains, not at step 0
+    assert "val step 4" in out and "val step 0" not in out
     with pytest.raises(CheckpointError, match="does not fit this model"):
         _run(tmp_path / "d", f"train.init={a}", "model.dim=8")
 
