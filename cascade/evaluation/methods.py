@@ -189,6 +189,7 @@ class CascadeMethod(Method):
         if checkpoint is not None:
             settings["checkpoint"] = str(checkpoint)
         super().__init__(**settings)
+        self._ran: str | None = None  # set by each call: the steps of its last image's plan
 
     @property
     def num_params(self) -> int:
@@ -209,7 +210,7 @@ class CascadeMethod(Method):
         """The steps of the last image's plan: "sr3_x2" at x2, "lainr -> sr3_x2" at x2.5
         (LAINR resamples to x1.25 first). Only the plan's steps: a diffusion stage also runs
         LAINR x2 inside it, for its conditioning, so "sr3_x2" alone still used LAINR."""
-        return getattr(self, "_ran", None)
+        return self._ran
 
 
 def make_method(name: str, settings: dict[str, Any] | None = None) -> Method:
