@@ -271,3 +271,21 @@ def test_centre_crop_takes_the_middle_and_caps_at_the_image():
     x = torch.arange(6 * 8.0).reshape(1, 6, 8)
     torch.testing.assert_close(centre_crop(x, 4), x[:, 1:5, 2:6])
     assert centre_crop(x, 100).shape == (1, 6, 8) and centre_crop(x, 0) is x
+
+
+def test_differing_settings_and_digest_are_shared_by_tables_folders_and_gate():
+    from cascade.evaluation.sweep import differing_settings, settings_digest, variant_labels
+
+    a, b = {"steps": 10, "t": None, "x": 1}, {"steps": 10, "x": 2, "new": 0}
+    # a null setting differs from a missing one; first-seen order; skip
+    assert differing_settings([a, b]) == ["t", "x", "new"]
+    assert differing_settings([a, b], skip=("x",)) == ["t", "new"]
+    assert differing_settings([a, dict(a)]) == []
+    # the cache folder ends with the digest of its settings
+    s = {"checkpoint": "/a/lainr", "chunk": 4}
+    assert variant_dir("lainr", s).name.endswith("-" + settings_digest(s))
+    assert settings_digest(s) == settings_digest(dict(reversed(list(s.items()))))  # order-free
+    # two variants that differ only by a null vs a missing setting get two labels
+    rows = [{"method": "sr3", "settings": {"steps": 10, "temperature": None}},
+            {"method": "sr3", "settings": {"steps": 10}}]
+    assert variant_labels(rows) == ["sr3(temperature=None)", "sr3"]

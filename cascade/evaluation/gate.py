@@ -20,13 +20,14 @@ Pure functions of the rows; ``scripts/gate_report.py`` prints them as a table.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from cascade.evaluation.sweep import differing_settings, label, settings_digest
 
 __all__ = ["Check", "gate", "variant_label"]
 
@@ -56,8 +57,6 @@ LABEL_KEYS = ("num_samples", "output")  # the settings every label shows
 def variant_label(row: dict[str, Any], more: Iterable[str] = ()) -> str:
     """A method and the settings that tell its variants apart: the number of samples, the
     output, and ``more`` (settings that differ between variants with the same two)."""
-    from cascade.evaluation.sweep import label
-
     s = row.get("settings") or {}
     return label(str(row["method"]), s, [*LABEL_KEYS, *more])
 
@@ -70,15 +69,12 @@ def _labels(settings: dict[tuple, dict[str, Any]]) -> dict[tuple, str]:
     labels = {}
     for key, s in settings.items():
         rivals = [settings[k] for k in settings if short[k] == short[key]]
-        # a setting differs when its value does, or when some variants lack it
-        differ = [k for k in dict.fromkeys(k for r in rivals for k in r) if k not in LABEL_KEYS
-                  and len({(k in r, json.dumps(r.get(k), sort_keys=True)) for r in rivals}) > 1]
+        differ = differing_settings(rivals, skip=LABEL_KEYS)
         labels[key] = variant_label({"method": key[0], "settings": s}, differ)
     # values that print alike (a checkpoint is named by its folder) still collide: a digest
     # of all the settings tells them apart, as the image cache's folder names do
     counts = Counter(labels.values())
-    return {key: text if counts[text] == 1
-            else f"{text}#{hashlib.sha1(key[1].encode()).hexdigest()[:6]}"
+    return {key: text if counts[text] == 1 else f"{text}#{settings_digest(settings[key])}"
             for key, text in labels.items()}
 
 

@@ -86,6 +86,20 @@ def label_keys(method: str) -> list[str] | None:
     return list(keys) if keys is not None else None
 
 
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """Six hex digits of the settings' sorted JSON: tells apart variants that print alike."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def differing_settings(variants: list[Mapping[str, Any]], skip: tuple[str, ...] = ()
+                       ) -> list[str]:
+    """The settings (first-seen order, less ``skip``) whose values differ between
+    ``variants``, or that some of them lack: a null setting and a missing one differ."""
+    keys = dict.fromkeys(k for v in variants for k in v)
+    return [k for k in keys if k not in skip
+            and len({(k in v, json.dumps(v.get(k), sort_keys=True)) for v in variants}) > 1]
+
+
 def variant_labels(entries: list[dict[str, Any]]) -> list[str]:
     """One label per entry (``method``, ``settings`` as a dict or JSON): the method and the
     settings that vary between its variants, or its ``label_keys`` when it has one variant."""
@@ -98,11 +112,10 @@ def variant_labels(entries: list[dict[str, Any]]) -> list[str]:
     labels = []
     for e in entries:
         settings = settings_of(e)
-        variants = [json.loads(v) for v in by_method[e["method"]]]
-        if len(variants) > 1:
-            keys = [k for k in settings if len({json.dumps(v.get(k)) for v in variants}) > 1]
-        else:
-            keys = label_keys(e["method"])
+        variants = [json.loads(v) for v in sorted(by_method[e["method"]])]
+        differ = set(differing_settings(variants))
+        keys = ([k for k in settings if k in differ] if len(variants) > 1
+                else label_keys(e["method"]))
         labels.append(label(e["method"], settings, keys))
     return labels
 
@@ -113,5 +126,4 @@ def variant_dir(method: str, settings: Mapping[str, Any]) -> Path:
         return Path(method)
     readable = ",".join(f"{k}={_short(k, v)}" for k, v in settings.items())
     readable = re.sub(r"[^A-Za-z0-9._=,+-]", "_", readable)[:80]
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
-    return Path(method) / f"{readable}-{digest}"
+    return Path(method) / f"{readable}-{settings_digest(settings)}"
