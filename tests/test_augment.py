@@ -9,6 +9,7 @@ import torch
 
 from cascade.data import augment as A
 from cascade.data.degrade import imresize
+from cascade.errors import ConfigError
 from cascade.data.photos import colour_variants, saturation
 
 
@@ -112,3 +113,74 @@ def test_sr3_crops_keep_lr_consistent_under_colour():
     d = imresize(b["hr"], size=(8, 8))
     assert float((d - b["lr"])[..., 2:-2, 2:-2].abs().max()) < 1 / 255
     assert OmegaConf.to_container(cfg.data.colour)["hue_prob"] == 1.0
+
+
+def test_disc_kernel_is_a_normalised_disc():
+    k = A.disc_kernel(1.0)
+    assert k.shape == (3, 3) and abs(float(k.sum()) - 1) < 1e-6
+    assert torch.allclose(k, k.T) and torch.allclose(k, k.flip(0))  # symmetric
+    # the centre pixel lies wholly inside, the corners mostly outside
+    assert float(k[1, 1]) > float(k[0, 1]) > float(k[0, 0]) > 0
+    big = A.disc_kernel(5.3)
+    assert big.shape == (13, 13)
+    # its support is the disc: the area of the weights' footprint is pi r^2 pixels
+    area = float((big / big.max()).sum())
+    assert abs(area - 3.14159 * 5.3**2) < 0.5
+    assert float(big[0, 0]) == 0  # a corner of the square lies outside the disc
+
+
+def test_defocus_blurs_and_keeps_flat_and_mean():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    y = A.defocus(x, 3.0)
+    assert y.shape == x.shape
+    assert float(y.std()) < 0.5 * float(x.std())  # noise is averaged away
+    flat = torch.full((3, 16, 16), 0.37)
+    assert torch.allclose(A.defocus(flat, 4.5), flat, atol=1e-6)  # replicated borders
+    # away from the border, a blur keeps the local mean of a linear ramp exactly
+    ramp = torch.linspace(0, 1, 32).expand(1, 32, 32)
+    assert torch.allclose(A.defocus(ramp, 2.5)[..., 4:-4, 4:-4], ramp[..., 4:-4, 4:-4], atol=1e-5)
+
+
+def test_draw_defocus_radius():
+    off = A.DefocusAugConfig()
+    assert not A.defocus_active(off)
+    on = A.DefocusAugConfig(prob=1.0, radius_min=2.0, radius_max=3.0)
+    rs = [A.draw_defocus_radius(on, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(2.0 <= r <= 3.0 for r in rs) and len(set(rs)) == 20
+    never = A.DefocusAugConfig(prob=1e-9)
+    assert A.draw_defocus_radius(never, torch.Generator().manual_seed(0)) is None
+    # two draws whether or not the crop is defocused
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    A.draw_defocus_radius(on, g1)
+    A.draw_defocus_radius(never, g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+    with pytest.raises(ConfigError, match="radius_min"):
+        A.draw_defocus_radius(A.DefocusAugConfig(prob=0.5, radius_min=0.0), g1)
+
+
+def test_sr3_crops_defocused_stay_aligned():
+    """A defocused crop: HR and conditioning blurred alike, LR = D(blurred HR)."""
+    from cascade.config import load_config
+    from cascade.data.degrade import degrade
+    from cascade.diffusion.task import SR3Task, SR3TrainConfig
+
+    cfg = load_config(SR3TrainConfig, None, [
+        "model.block_out_channels=[8,16]", "model.down_block_types=[DownBlock2D,DownBlock2D]",
+        "model.norm_num_groups=4", "data.hr_patch=16", "data.cache=false",
+        "data.defocus.prob=1.0", "data.defocus.radius_min=2.0", "data.defocus.radius_max=4.0",
+        "conditioning.upsampler=bicubic"])
+    task = SR3Task.__new__(SR3Task)
+    task.cfg, task.s = cfg, 2
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(1, 3, 48, 48, generator=g)
+    hr_c, lr = degrade(hr, 2.0)
+    cond = hr_c[0] * 0.9 + 0.05  # any image aligned with the HR
+    task.images = [{"hr": hr_c[0], "lr": lr[0], "cond": cond}]
+    b = task.sample_crops(4, torch.Generator().manual_seed(1))
+    assert b["hr"].shape == (4, 3, 16, 16) and b["lr"].shape == (4, 3, 8, 8)
+    assert float(b["hr"].std()) < 0.6 * float(hr.std())  # blurred
+    d = imresize(b["hr"], size=(8, 8))
+    assert float((d - b["lr"]).abs().max()) <= 0.5 / 255 + 1e-6  # LR made from the blurred HR
+    # the same blur on both: the conditioning is still 0.9 HR + 0.05 (a linear map commutes)
+    assert torch.allclose(b["cond"], b["hr"] * 0.9 + 0.05, atol=1e-5)

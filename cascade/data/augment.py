@@ -1,4 +1,5 @@
-"""Colour augmentation for training crops: channel permutations, hue rotations, saturation.
+"""Augmentation for training crops: colour maps (channel permutations, hue rotations,
+saturation) and defocus (a disc blur, as an out-of-focus lens draws bokeh).
 
 Each transform is one 3x3 matrix ``M`` applied to every pixel, ``x' = M x``, followed by
 clipping to [0, 1]. A linear colour map commutes with the degradation operator D (a linear
@@ -10,6 +11,14 @@ keeps ``LR = D(HR)`` exact wherever the clipping does not bite.
   (Rodrigues' formula); gray stays gray and the channel mean is kept;
 * **saturation** by ``s``: ``x' = g + s (x - g)`` with ``g`` the channel mean (the projection
   onto the gray axis), so ``s > 1`` pushes colours out towards the gamut's edge.
+
+**Defocus** blurs a crop with a disc of radius ``rho`` pixels (the point-spread function of
+an out-of-focus lens, its edge pixels weighted by their area inside the disc). The photo
+corpus has little bokeh, and a diffusion stage that rarely met a smooth, defocused
+background draws grain on it; a defocused crop has almost no detail left for a stage to add.
+The blur is linear and shift-invariant, so applying it to the HR crop and to its
+conditioning keeps their residual a blurred copy of the sharp crop's residual; the LR crop
+is degraded again from the blurred HR crop (``cascade.diffusion.task``).
 """
 
 from __future__ import annotations
@@ -30,6 +39,13 @@ class ColourAugConfig:
     sat_prob: float = 0.0  # probability of a saturation change by s ~ U(sat_min, sat_max)
     sat_min: float = 0.7
     sat_max: float = 1.6
+
+
+@dataclass
+class DefocusAugConfig:
+    prob: float = 0.0  # probability that a crop is defocused
+    radius_min: float = 1.0  # disc radius ~ U(radius_min, radius_max), in HR pixels
+    radius_max: float = 8.0
 
 
 def colour_active(cfg: ColourAugConfig) -> bool:
@@ -78,3 +94,45 @@ def apply_colour(x: torch.Tensor, M: torch.Tensor, clip: bool = True) -> torch.T
     input of these colours)."""
     y = torch.einsum("ij,...jhw->...ihw", M.to(x), x)
     return y.clamp(0, 1) if clip else y
+
+
+def defocus_active(cfg: DefocusAugConfig) -> bool:
+    """Whether ``cfg`` defocuses any crop (a typed omegaconf node or the dataclass)."""
+    return cfg.prob > 0
+
+
+def draw_defocus_radius(cfg: DefocusAugConfig, g: torch.Generator) -> float | None:
+    """The disc radius for one crop, or None (no defocus); always two draws from ``g``."""
+    if not 0 < cfg.radius_min <= cfg.radius_max:
+        from cascade.errors import ConfigError
+
+        raise ConfigError(f"defocus radii {cfg.radius_min}..{cfg.radius_max}: use "
+                          "0 < radius_min <= radius_max")
+    u = torch.rand(2, generator=g)
+    if u[0] >= cfg.prob:
+        return None
+    return cfg.radius_min + (cfg.radius_max - cfg.radius_min) * float(u[1])
+
+
+def disc_kernel(radius: float, supersample: int = 16) -> torch.Tensor:
+    """(K, K) disc of ``radius`` pixels summing to 1, K = 2 ceil(radius) + 1; each pixel is
+    weighted by the share of its area inside the disc (``supersample``^2 points per pixel)."""
+    R = math.ceil(radius)
+    n = supersample
+    sub = (torch.arange(n, dtype=torch.float64) + 0.5) / n - 0.5  # sub-pixel offsets
+    c = torch.arange(-R, R + 1, dtype=torch.float64)
+    pos = (c[:, None] + sub[None]).reshape(-1)  # (K * n,)
+    inside = (pos[:, None] ** 2 + pos[None] ** 2 <= radius**2).double()  # (K n, K n)
+    K = 2 * R + 1
+    w = inside.reshape(K, n, K, n).mean(dim=(1, 3))
+    return (w / w.sum()).float()
+
+
+def defocus(x: torch.Tensor, radius: float) -> torch.Tensor:
+    """(..., C, H, W) blurred by a disc of ``radius`` pixels, borders replicated."""
+    k = disc_kernel(radius).to(x)
+    R = k.shape[-1] // 2
+    C, H, W = x.shape[-3:]
+    y = torch.nn.functional.pad(x.reshape(-1, C, H, W), (R, R, R, R), mode="replicate")
+    y = torch.nn.functional.conv2d(y, k.expand(C, 1, *k.shape), groups=C)
+    return y.reshape(x.shape)

@@ -24,7 +24,16 @@ from pathlib import Path
 import torch
 
 from cascade.config import TrainLoopConfig
-from cascade.data.augment import ColourAugConfig, apply_colour, colour_active, draw_colour_matrix
+from cascade.data.augment import (
+    ColourAugConfig,
+    DefocusAugConfig,
+    apply_colour,
+    colour_active,
+    defocus,
+    defocus_active,
+    draw_colour_matrix,
+    draw_defocus_radius,
+)
 from cascade.data.datasets import apply_flips
 from cascade.diffusion.objective import ObjectiveConfig, diffusion_loss, draw_noise_and_levels
 from cascade.diffusion.process import ProcessConfig, make_train_scheduler
@@ -49,6 +58,7 @@ class SR3DataConfig:
     hr_patch: int = 64  # HR crop side (a multiple of scale * the UNet's down-sampling)
     cache: bool = True  # keep (hr, lr, cond) of the training photos in OUT/conditioning.safetensors
     colour: ColourAugConfig = field(default_factory=ColourAugConfig)  # off by default
+    defocus: DefocusAugConfig = field(default_factory=DefocusAugConfig)  # off by default
     val: list[str] = field(default_factory=lambda: ["builtin"])
     val_split: str = "test"
     val_crop: int = 128  # centre crops of this HR side
@@ -162,10 +172,14 @@ class SR3Task:
         return ConditionalUNet(**OmegaConf.to_container(self.cfg.model, resolve=True))
 
     def sample_crops(self, batch_size: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        """Aligned random crops of (hr, lr, cond): flips, and one colour map per crop applied
-        to all three (``data.colour``; drawn only when it is on, so old runs replay)."""
+        """Aligned random crops of (hr, lr, cond): flips, one colour map per crop applied to
+        all three (``data.colour``), and a defocus of some crops (``data.defocus``: HR and
+        conditioning blurred alike, LR degraded again from the blurred HR). Each is drawn
+        only when it is on, so old runs replay."""
+        from cascade.data.degrade import degrade
+
         S, s = self.cfg.data.hr_patch, self.s
-        colour = self.cfg.data.colour
+        colour, blur = self.cfg.data.colour, self.cfg.data.defocus
         p = S // s
         crops: dict[str, list[torch.Tensor]] = {"hr": [], "lr": [], "cond": []}
         for _ in range(batch_size):
@@ -178,6 +192,11 @@ class SR3Task:
             for k in ("hr", "cond"):
                 crop[k] = im[k][:, i * s:i * s + S, j * s:j * s + S]
             M = draw_colour_matrix(colour, g) if colour_active(colour) else None
+            radius = draw_defocus_radius(blur, g) if defocus_active(blur) else None
+            if radius is not None:
+                crop["hr"] = defocus(crop["hr"], radius)
+                crop["cond"] = defocus(crop["cond"], radius)
+                crop["lr"] = degrade(crop["hr"][None], float(s))[1][0]
             for k, v in crop.items():
                 v = apply_flips(v, flips)
                 crops[k].append(apply_colour(v, M, clip=k != "cond") if M is not None else v)
