@@ -443,12 +443,13 @@ def test_cascade_method_records_each_stages_defaults_when_they_differ(folder, tm
     assert m.settings["aug_level"] == [0.01, 0.03] and m.settings["steps"] == 2
     assert m.ran() is None  # nothing ran yet
     assert m(torch.rand(1, 3, 8, 8), (32, 32)).shape == (1, 3, 32, 32)
-    assert m.ran() == "sr3_x2 -> sr3_x2_b"  # x4: no resampling step
+    # x4: no resampling step; the first stage feeds the second: capped at 0.97
+    assert m.ran() == "sr3_x2 (T=0.97) -> sr3_x2_b (T=1)"
     # the settings say which stages it may use; the row says which the scale used
     assert m(torch.rand(1, 3, 8, 8), (16, 16)).shape == (1, 3, 16, 16)
-    assert m.ran() == "sr3_x2" and m.settings["stages"] == "inr+2"
+    assert m.ran() == "sr3_x2 (T=1)" and m.settings["stages"] == "inr+2"  # no cap at x2
     m(torch.rand(1, 3, 8, 8), (20, 20))
-    assert m.ran() == "lainr -> sr3_x2"  # x2.5: LAINR to x1.25, then one x2 stage
+    assert m.ran() == "lainr -> sr3_x2 (T=1)"  # x2.5: LAINR to x1.25, then one x2 stage
     m = make_method("cascade", {"pipeline": str(two), "steps": 2, "aug_level": 0.02})
     assert m.settings["aug_level"] == 0.02 and m.settings["chain_temperature"] == 0.97
     # the chain's cap is a setting too (a sweep axis): recorded, and it changes the samples
@@ -459,6 +460,8 @@ def test_cascade_method_records_each_stages_defaults_when_they_differ(folder, tm
                                    "chain_temperature": 1.0})
     assert capped.settings["chain_temperature"] == 0.5
     assert not torch.allclose(capped(lr, (32, 32)), free(lr, (32, 32)))
+    assert capped.ran() == "sr3_x2 (T=0.5) -> sr3_x2_b (T=1)"
+    assert free.ran() == "sr3_x2 (T=1) -> sr3_x2_b (T=1)"  # a cap above T is no cap
     # where it cannot apply it is not recorded: one stage, or a temperature for all stages
     one = make_method("cascade", {"pipeline": str(two), "stages": "inr+1", "steps": 2,
                                   "chain_temperature": 0.5})

@@ -201,15 +201,21 @@ class CascadeMethod(Method):
 
     def __call__(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         outs = [self.pipe(x, size=tuple(size)) for x in lr]  # one image at a time
-        # The settings record the stages the pipeline may use (stages: auto -> inr+2); the
-        # plan uses as many x2 stages as the scale needs, e.g. only sr3_x2 at x2.
-        self._ran = " -> ".join(s.stage for s in outs[-1].plan.steps)
+        # The settings record the stages the pipeline may use (stages: auto -> inr+2) and the
+        # chain's temperature cap; the plan uses as many x2 stages as the scale needs, e.g.
+        # only sr3_x2 at x2, where the cap does not apply.
+        knobs = outs[-1].settings.get("stage_settings", {})
+        self._ran = " -> ".join(
+            f"{s.stage} (T={knobs[s.stage]['temperature']:g})" if s.stage in knobs else s.stage
+            for s in outs[-1].plan.steps)
         return torch.stack([o.image for o in outs]).to(lr.device)  # (B, 3, H, W)
 
     def ran(self) -> str | None:
-        """The steps of the last image's plan: "sr3_x2" at x2, "lainr -> sr3_x2" at x2.5
-        (LAINR resamples to x1.25 first). Only the plan's steps: a diffusion stage also runs
-        LAINR x2 inside it, for its conditioning, so "sr3_x2" alone still used LAINR."""
+        """The steps of the last image's plan, each diffusion stage with the temperature it
+        sampled at: "sr3_x2 (T=1)" at x2, "sr3_x2 (T=0.97) -> sr3_x2_b (T=1)" at x4 (the
+        chain's cap on the stage that feeds another), "lainr -> sr3_x2 (T=1)" at x2.5 (LAINR
+        resamples to x1.25 first). Only the plan's steps: a diffusion stage also runs LAINR x2
+        inside it, for its conditioning, so "sr3_x2" alone still used LAINR."""
         return self._ran
 
 
