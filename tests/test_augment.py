@@ -129,17 +129,42 @@ def test_disc_kernel_is_a_normalised_disc():
     assert float(big[0, 0]) == 0  # a corner of the square lies outside the disc
 
 
+def _whole(x: torch.Tensor, radius: float) -> torch.Tensor:
+    """A square (C, N, N) image defocused as one crop: borders replicated all round."""
+    return A.defocus_crop(x, 0, 0, x.shape[-1], A.disc_kernel(radius))
+
+
 def test_defocus_blurs_and_keeps_flat_and_mean():
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(2, 3, 32, 32, generator=g)
-    y = A.defocus(x, 3.0)
+    x = torch.rand(3, 32, 32, generator=g)
+    y = _whole(x, 3.0)
     assert y.shape == x.shape
     assert float(y.std()) < 0.5 * float(x.std())  # noise is averaged away
     flat = torch.full((3, 16, 16), 0.37)
-    assert torch.allclose(A.defocus(flat, 4.5), flat, atol=1e-6)  # replicated borders
+    assert torch.allclose(_whole(flat, 4.5), flat, atol=1e-6)  # replicated borders
     # away from the border, a blur keeps the local mean of a linear ramp exactly
     ramp = torch.linspace(0, 1, 32).expand(1, 32, 32)
-    assert torch.allclose(A.defocus(ramp, 2.5)[..., 4:-4, 4:-4], ramp[..., 4:-4, 4:-4], atol=1e-5)
+    assert torch.allclose(_whole(ramp, 2.5)[..., 4:-4, 4:-4], ramp[..., 4:-4, 4:-4], atol=1e-5)
+
+
+def test_defocus_crop_blurs_with_the_surroundings():
+    """Inside the image a crop is blurred with its neighbours (no streaked edges); at the
+    image's own border the edge pixels are replicated."""
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(3, 40, 48, generator=g)
+    k = A.disc_kernel(4.2)  # 11 x 11
+    R = 5
+    full = torch.nn.functional.pad(img[None], (R, R, R, R), mode="replicate")
+    ref = torch.nn.functional.conv2d(full, k.expand(3, 1, 11, 11), groups=3)[0]  # (3, 40, 48)
+    for top, left in [(10, 12), (0, 0), (24, 32), (3, 40)]:
+        size = min(16, 48 - left, 40 - top)
+        got = A.defocus_crop(img, top, left, size, k)
+        assert got.shape == (3, size, size)
+        assert torch.allclose(got, ref[:, top:top + size, left:left + size], atol=1e-5)
+    # a crop blurred on its own (the border replicated) differs at its edges
+    inner = A.defocus_crop(img, 10, 12, 16, k)
+    alone = _whole(img[:, 10:26, 12:28], 4.2)
+    assert float((inner - alone)[..., 0, :].abs().max()) > 0.02
 
 
 def test_draw_defocus_radius():
@@ -155,8 +180,26 @@ def test_draw_defocus_radius():
     A.draw_defocus_radius(on, g1)
     A.draw_defocus_radius(never, g2)
     assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
-    with pytest.raises(ConfigError, match="radius_min"):
-        A.draw_defocus_radius(A.DefocusAugConfig(prob=0.5, radius_min=0.0), g1)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"prob": 2.0}, "probability"), ({"prob": -0.1}, "probability"),
+    ({"prob": 0.5, "radius_min": 0.01}, "radius_min"),  # a disc under half a pixel: no blur
+    ({"prob": 0.5, "radius_min": 3.0, "radius_max": 2.0}, "radius_min <= radius_max"),
+    ({"prob": 0.5, "radius_max": float("inf")}, "64"),
+    ({"prob": 0.5, "radius_max": float("nan")}, "radius_max")])
+def test_bad_defocus_settings_fail_before_training(bad, match):
+    from cascade.config import load_config
+    from cascade.diffusion.task import SR3Task, SR3TrainConfig
+
+    A.check_defocus(A.DefocusAugConfig(prob=1.0, radius_min=0.5, radius_max=64.0))  # the range
+    with pytest.raises(ConfigError, match=match):
+        A.check_defocus(A.DefocusAugConfig(**bad))
+    # the stage refuses them when it is built, before it conditions any photo
+    cfg = load_config(SR3TrainConfig, None, ["data.train=[no_such_dataset]"] + [
+        f"data.defocus.{k}={v}" for k, v in bad.items()])
+    with pytest.raises(ConfigError, match=match):
+        SR3Task(cfg)
 
 
 def test_sr3_crops_defocused_stay_aligned():
@@ -184,3 +227,49 @@ def test_sr3_crops_defocused_stay_aligned():
     assert float((d - b["lr"]).abs().max()) <= 0.5 / 255 + 1e-6  # LR made from the blurred HR
     # the same blur on both: the conditioning is still 0.9 HR + 0.05 (a linear map commutes)
     assert torch.allclose(b["cond"], b["hr"] * 0.9 + 0.05, atol=1e-5)
+
+
+
+def _tiny_task(overrides: list[str], cond_scale: float = 1.0):
+    from cascade.config import load_config
+    from cascade.data.degrade import degrade
+    from cascade.diffusion.task import SR3Task, SR3TrainConfig
+
+    cfg = load_config(SR3TrainConfig, None, [
+        "model.block_out_channels=[8,16]", "model.down_block_types=[DownBlock2D,DownBlock2D]",
+        "model.norm_num_groups=4", "data.hr_patch=16", "data.cache=false",
+        "conditioning.upsampler=bicubic", *overrides])
+    task = SR3Task.__new__(SR3Task)
+    task.cfg, task.s = cfg, 2
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(1, 3, 48, 40, generator=g)
+    hr_c, lr = degrade(hr, 2.0)
+    task.images = [{"hr": hr_c[0], "lr": lr[0], "cond": hr_c[0] * cond_scale}]
+    return task
+
+
+def test_crops_with_defocus_off_replay_the_runs_from_before_it():
+    """Sums of the crops of a fixed seed, and the generator's next draw, as the code before
+    defocus existed gave them (commit 577a5dc): an old run resumes on the same batches."""
+    task = _tiny_task(["data.colour.hue_prob=0.5"], cond_scale=0.5)
+    gen = torch.Generator().manual_seed(7)
+    b = task.sample_crops(6, gen)
+    assert float(b["hr"].sum()) == pytest.approx(2304.96435546875, abs=1e-3)
+    assert float(b["lr"].sum()) == pytest.approx(577.4548950195312, abs=1e-3)
+    assert float(b["cond"].sum()) == pytest.approx(1153.528076171875, abs=1e-3)
+    assert float(torch.rand((), generator=gen)) == pytest.approx(0.7737615704536438)
+
+
+def test_a_mixed_batch_defocuses_some_crops_and_keeps_colour():
+    """prob 0.5: some crops blurred, some sharp (LR = D(HR) in both); with a colour map the
+    blurred conditioning is still the same map of the blurred HR."""
+    task = _tiny_task(["data.defocus.prob=0.5", "data.defocus.radius_min=3.0",
+                       "data.defocus.radius_max=4.0", "data.colour.perm_prob=1.0"])
+    b = task.sample_crops(16, torch.Generator().manual_seed(2))
+    # sharp crops keep the uniform noise's spread; blurred ones lose most of it
+    spread = b["hr"].std(dim=(1, 2, 3))
+    blurred = spread < 0.15
+    assert 0 < int(blurred.sum()) < 16 and float(spread[~blurred].min()) > 0.25
+    d = imresize(b["hr"], size=(8, 8))
+    assert float((d - b["lr"])[blurred].abs().max()) <= 0.5 / 255 + 1e-6
+    assert torch.allclose(b["cond"], b["hr"], atol=1e-5)  # cond = HR here, permuted alike

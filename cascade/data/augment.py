@@ -1,7 +1,7 @@
 """Augmentation for training crops: colour maps (channel permutations, hue rotations,
 saturation) and defocus (a disc blur, as an out-of-focus lens draws bokeh).
 
-Each transform is one 3x3 matrix ``M`` applied to every pixel, ``x' = M x``, followed by
+Each colour transform is one 3x3 matrix ``M`` applied to every pixel, ``x' = M x``, followed by
 clipping to [0, 1]. A linear colour map commutes with the degradation operator D (a linear
 filter per channel), so applying the same ``M`` to an aligned (HR, LR, conditioning) triple
 keeps ``LR = D(HR)`` exact wherever the clipping does not bite.
@@ -12,13 +12,16 @@ keeps ``LR = D(HR)`` exact wherever the clipping does not bite.
 * **saturation** by ``s``: ``x' = g + s (x - g)`` with ``g`` the channel mean (the projection
   onto the gray axis), so ``s > 1`` pushes colours out towards the gamut's edge.
 
-**Defocus** blurs a crop with a disc of radius ``rho`` pixels (the point-spread function of
-an out-of-focus lens, its edge pixels weighted by their area inside the disc). The photo
+**Defocus** blurs a crop with a disc of ``radius`` pixels (the point-spread function of an
+out-of-focus lens, its edge pixels weighted by their area inside the disc), computed with
+the crop's surroundings in the image, so its edges are blurred as the inside is. The photo
 corpus has little bokeh, and a diffusion stage that rarely met a smooth, defocused
-background draws grain on it; a defocused crop has almost no detail left for a stage to add.
+background draws grain on it; a defocused crop has little detail left for a stage to add.
 The blur is linear and shift-invariant, so applying it to the HR crop and to its
-conditioning keeps their residual a blurred copy of the sharp crop's residual; the LR crop
-is degraded again from the blurred HR crop (``cascade.diffusion.task``).
+conditioning makes their residual the blurred residual of the sharp crop (small for large
+radii); the LR crop is degraded again from the blurred HR crop (``cascade.diffusion.task``).
+The blurred conditioning stands in for the conditioning upsampler run again on the new LR
+crop: an approximation (LAINR is not linear), and a cheap one.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ class DefocusAugConfig:
     prob: float = 0.0  # probability that a crop is defocused
     radius_min: float = 1.0  # disc radius ~ U(radius_min, radius_max), in HR pixels
     radius_max: float = 8.0
+
+
+MAX_DEFOCUS_RADIUS = 64.0  # pixels: a wider disc leaves a 64-pixel crop flat anyway
 
 
 def colour_active(cfg: ColourAugConfig) -> bool:
@@ -101,13 +107,21 @@ def defocus_active(cfg: DefocusAugConfig) -> bool:
     return cfg.prob > 0
 
 
+def check_defocus(cfg: DefocusAugConfig, where: str = "data.defocus") -> None:
+    """A ConfigError for settings no crop can be drawn with (checked before training starts):
+    ``prob`` in [0, 1], 0.5 <= ``radius_min`` <= ``radius_max`` <= 64 pixels (a disc under
+    half a pixel is no blur)."""
+    from cascade.errors import ConfigError
+
+    if not 0.0 <= cfg.prob <= 1.0:
+        raise ConfigError(f"{where}.prob={cfg.prob}: use a probability in [0, 1]")
+    if not 0.5 <= cfg.radius_min <= cfg.radius_max <= MAX_DEFOCUS_RADIUS:
+        raise ConfigError(f"{where} radii {cfg.radius_min}..{cfg.radius_max}: use "
+                          f"0.5 <= radius_min <= radius_max <= {MAX_DEFOCUS_RADIUS:g} pixels")
+
+
 def draw_defocus_radius(cfg: DefocusAugConfig, g: torch.Generator) -> float | None:
     """The disc radius for one crop, or None (no defocus); always two draws from ``g``."""
-    if not 0 < cfg.radius_min <= cfg.radius_max:
-        from cascade.errors import ConfigError
-
-        raise ConfigError(f"defocus radii {cfg.radius_min}..{cfg.radius_max}: use "
-                          "0 < radius_min <= radius_max")
     u = torch.rand(2, generator=g)
     if u[0] >= cfg.prob:
         return None
@@ -128,11 +142,21 @@ def disc_kernel(radius: float, supersample: int = 16) -> torch.Tensor:
     return (w / w.sum()).float()
 
 
-def defocus(x: torch.Tensor, radius: float) -> torch.Tensor:
-    """(..., C, H, W) blurred by a disc of ``radius`` pixels, borders replicated."""
-    k = disc_kernel(radius).to(x)
-    R = k.shape[-1] // 2
-    C, H, W = x.shape[-3:]
-    y = torch.nn.functional.pad(x.reshape(-1, C, H, W), (R, R, R, R), mode="replicate")
-    y = torch.nn.functional.conv2d(y, k.expand(C, 1, *k.shape), groups=C)
-    return y.reshape(x.shape)
+def defocus_crop(img: torch.Tensor, top: int, left: int, size: int,
+                 kernel: torch.Tensor) -> torch.Tensor:
+    """The (C, size, size) crop at (top, left) of ``img`` (C, H, W), blurred by ``kernel``
+    (``disc_kernel``) with its surroundings: the image's pixels around the crop take part,
+    and borders are replicated only where the image itself ends."""
+    R = kernel.shape[-1] // 2
+    H, W = img.shape[-2:]
+    t0, l0 = max(0, top - R), max(0, left - R)
+    t1, l1 = min(H, top + size + R), min(W, left + size + R)
+    pad = (R - (left - l0), R - (l1 - left - size), R - (top - t0), R - (t1 - top - size))
+    win = torch.nn.functional.pad(img[None, :, t0:t1, l0:l1], pad, mode="replicate")
+    return _convolve(win, kernel)[0]  # (C, size, size)
+
+
+def _convolve(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """(B, C, H + 2R, W + 2R) padded -> (B, C, H, W): each channel convolved with ``kernel``."""
+    k = kernel.to(x)
+    return torch.nn.functional.conv2d(x, k.expand(x.shape[1], 1, *k.shape), groups=x.shape[1])

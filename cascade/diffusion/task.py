@@ -28,9 +28,11 @@ from cascade.data.augment import (
     ColourAugConfig,
     DefocusAugConfig,
     apply_colour,
+    check_defocus,
     colour_active,
-    defocus,
     defocus_active,
+    defocus_crop,
+    disc_kernel,
     draw_colour_matrix,
     draw_defocus_radius,
 )
@@ -95,6 +97,7 @@ class SR3Task:
         if d.hr_patch % (s * f):
             raise ConfigError(f"data.hr_patch={d.hr_patch} must be a multiple of {s * f} "
                               f"(scale x the UNet's down-sampling)")
+        check_defocus(d.defocus)  # before the (minutes of) conditioning, not at the first batch
         self.alphas_cumprod = make_train_scheduler(cfg.process).alphas_cumprod
         self._upsampler = None
         self.images = self._training_images()
@@ -174,8 +177,8 @@ class SR3Task:
     def sample_crops(self, batch_size: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         """Aligned random crops of (hr, lr, cond): flips, one colour map per crop applied to
         all three (``data.colour``), and a defocus of some crops (``data.defocus``: HR and
-        conditioning blurred alike, LR degraded again from the blurred HR). Each is drawn
-        only when it is on, so old runs replay."""
+        conditioning blurred alike with their surroundings in the photo, LR degraded again
+        from the blurred HR). Each is drawn only when it is on, so old runs replay."""
         from cascade.data.degrade import degrade
 
         S, s = self.cfg.data.hr_patch, self.s
@@ -194,8 +197,9 @@ class SR3Task:
             M = draw_colour_matrix(colour, g) if colour_active(colour) else None
             radius = draw_defocus_radius(blur, g) if defocus_active(blur) else None
             if radius is not None:
-                crop["hr"] = defocus(crop["hr"], radius)
-                crop["cond"] = defocus(crop["cond"], radius)
+                kernel = disc_kernel(radius)
+                for k in ("hr", "cond"):
+                    crop[k] = defocus_crop(im[k], i * s, j * s, S, kernel)
                 crop["lr"] = degrade(crop["hr"][None], float(s))[1][0]
             for k, v in crop.items():
                 v = apply_flips(v, flips)
