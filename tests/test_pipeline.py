@@ -236,6 +236,12 @@ def test_save_pretrained_round_trip_is_self_contained_and_identical(folder, tmp_
     again.save_pretrained(saved)  # saving over itself works
     c = CascadePipeline.from_pretrained(saved)(lr, scale=3, num_samples=2, seed=7)
     torch.testing.assert_close(c.samples, a.samples, atol=0, rtol=0)
+    # one stage listed twice is refused: settings and calibration are keyed by stage name
+    meta["diffusion"] = meta["diffusion"] * 2
+    (saved / "pipeline.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="'sr3_x2' twice") as e:
+        CascadePipeline.from_pretrained(saved)
+    assert "\n" not in str(e.value)
 
 
 def test_calibration_is_saved_with_the_pipeline_and_used_by_intervals(folder, tmp_path):

@@ -101,6 +101,13 @@ def _read_pipeline_json(root: Path) -> Folder:
                               "re-save the pipeline with save_pretrained")
     entries = [(d["name"], root / d["path"], d.get("conditioning"))
                for d in meta.get("diffusion", [])]
+    names = [name for name, _, _ in entries]
+    if len(set(names)) < len(names):
+        # settings, calibration and weight fingerprints are keyed by the stage's name
+        twice = next(n for n in names if names.count(n) > 1)
+        raise CheckpointError(f"{root / 'pipeline.json'} names the diffusion stage {twice!r} "
+                              "twice; give each stage its own name (to reuse one, copy its "
+                              "folder under another name)")
     return Folder(root, root / meta["lainr"], entries, config_from(meta.get("config", {})))
 
 
