@@ -85,10 +85,10 @@ def test_colour_variants_and_saturation():
     assert saturation(np.array([[[1.0, 0.0, 0.0]]]))[0, 0] == 1
 
 
-def test_sr3_crops_keep_lr_consistent_under_colour():
-    """With colour augmentation the crops stay aligned: LR = D(HR) where nothing clips."""
-    from omegaconf import OmegaConf
-
+def _tiny_task(overrides: list[str], hr: torch.Tensor, cond=lambda x: x.clone()):
+    """An x2 SR3 task (16 px HR crops, bicubic conditioning, nothing cached) over one image
+    ``hr`` (1, 3, H, W), its conditioning ``cond`` of the cropped HR; the network is never
+    built."""
     from cascade.config import load_config
     from cascade.data.degrade import degrade
     from cascade.diffusion.task import SR3Task, SR3TrainConfig
@@ -96,14 +96,23 @@ def test_sr3_crops_keep_lr_consistent_under_colour():
     cfg = load_config(SR3TrainConfig, None, [
         "model.block_out_channels=[8,16]", "model.down_block_types=[DownBlock2D,DownBlock2D]",
         "model.norm_num_groups=4", "data.hr_patch=16", "data.cache=false",
-        "data.colour.hue_prob=1.0", "data.colour.sat_prob=1.0", "data.colour.sat_min=0.5",
-        "data.colour.sat_max=0.9", "conditioning.upsampler=bicubic"])
+        "conditioning.upsampler=bicubic", *overrides])
     task = SR3Task.__new__(SR3Task)
     task.cfg, task.s = cfg, 2
+    hr_c, lr = degrade(hr, 2.0)
+    task.images = [{"hr": hr_c[0], "lr": lr[0], "cond": cond(hr_c[0])}]
+    return task
+
+
+def test_sr3_crops_keep_lr_consistent_under_colour():
+    """With colour augmentation the crops stay aligned: LR = D(HR) where nothing clips."""
+    from omegaconf import OmegaConf
+
     g = torch.Generator().manual_seed(0)
     hr = 0.3 + 0.4 * torch.rand(1, 3, 48, 48, generator=g)  # mid-tones: nothing clips
-    hr_c, lr = degrade(hr, 2.0)
-    task.images = [{"hr": hr_c[0], "lr": lr[0], "cond": hr_c[0].clone()}]
+    task = _tiny_task(["data.colour.hue_prob=1.0", "data.colour.sat_prob=1.0",
+                       "data.colour.sat_min=0.5", "data.colour.sat_max=0.9"], hr)
+    cfg, hr_c = task.cfg, task.images[0]["hr"][None]
     b = task.sample_crops(4, torch.Generator().manual_seed(1))
     assert b["hr"].shape == (4, 3, 16, 16) and b["lr"].shape == (4, 3, 8, 8)
     # the maps change colours ...
@@ -204,22 +213,11 @@ def test_bad_defocus_settings_fail_before_training(bad, match):
 
 def test_sr3_crops_defocused_stay_aligned():
     """A defocused crop: HR and conditioning blurred alike, LR = D(blurred HR)."""
-    from cascade.config import load_config
-    from cascade.data.degrade import degrade
-    from cascade.diffusion.task import SR3Task, SR3TrainConfig
-
-    cfg = load_config(SR3TrainConfig, None, [
-        "model.block_out_channels=[8,16]", "model.down_block_types=[DownBlock2D,DownBlock2D]",
-        "model.norm_num_groups=4", "data.hr_patch=16", "data.cache=false",
-        "data.defocus.prob=1.0", "data.defocus.radius_min=2.0", "data.defocus.radius_max=4.0",
-        "conditioning.upsampler=bicubic"])
-    task = SR3Task.__new__(SR3Task)
-    task.cfg, task.s = cfg, 2
     g = torch.Generator().manual_seed(0)
     hr = torch.rand(1, 3, 48, 48, generator=g)
-    hr_c, lr = degrade(hr, 2.0)
-    cond = hr_c[0] * 0.9 + 0.05  # any image aligned with the HR
-    task.images = [{"hr": hr_c[0], "lr": lr[0], "cond": cond}]
+    task = _tiny_task(["data.defocus.prob=1.0", "data.defocus.radius_min=2.0",
+                       "data.defocus.radius_max=4.0"], hr,
+                      cond=lambda x: x * 0.9 + 0.05)  # any image aligned with the HR
     b = task.sample_crops(4, torch.Generator().manual_seed(1))
     assert b["hr"].shape == (4, 3, 16, 16) and b["lr"].shape == (4, 3, 8, 8)
     assert float(b["hr"].std()) < 0.6 * float(hr.std())  # blurred
@@ -229,29 +227,11 @@ def test_sr3_crops_defocused_stay_aligned():
     assert torch.allclose(b["cond"], b["hr"] * 0.9 + 0.05, atol=1e-5)
 
 
-
-def _tiny_task(overrides: list[str], cond_scale: float = 1.0):
-    from cascade.config import load_config
-    from cascade.data.degrade import degrade
-    from cascade.diffusion.task import SR3Task, SR3TrainConfig
-
-    cfg = load_config(SR3TrainConfig, None, [
-        "model.block_out_channels=[8,16]", "model.down_block_types=[DownBlock2D,DownBlock2D]",
-        "model.norm_num_groups=4", "data.hr_patch=16", "data.cache=false",
-        "conditioning.upsampler=bicubic", *overrides])
-    task = SR3Task.__new__(SR3Task)
-    task.cfg, task.s = cfg, 2
-    g = torch.Generator().manual_seed(0)
-    hr = torch.rand(1, 3, 48, 40, generator=g)
-    hr_c, lr = degrade(hr, 2.0)
-    task.images = [{"hr": hr_c[0], "lr": lr[0], "cond": hr_c[0] * cond_scale}]
-    return task
-
-
 def test_crops_with_defocus_off_replay_the_runs_from_before_it():
     """Sums of the crops of a fixed seed, and the generator's next draw, as the code before
     defocus existed gave them (commit 577a5dc): an old run resumes on the same batches."""
-    task = _tiny_task(["data.colour.hue_prob=0.5"], cond_scale=0.5)
+    hr = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    task = _tiny_task(["data.colour.hue_prob=0.5"], hr, cond=lambda x: x * 0.5)
     gen = torch.Generator().manual_seed(7)
     b = task.sample_crops(6, gen)
     assert float(b["hr"].sum()) == pytest.approx(2304.96435546875, abs=1e-3)
@@ -263,8 +243,9 @@ def test_crops_with_defocus_off_replay_the_runs_from_before_it():
 def test_a_mixed_batch_defocuses_some_crops_and_keeps_colour():
     """prob 0.5: some crops blurred, some sharp (LR = D(HR) in both); with a colour map the
     blurred conditioning is still the same map of the blurred HR."""
+    hr = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))
     task = _tiny_task(["data.defocus.prob=0.5", "data.defocus.radius_min=3.0",
-                       "data.defocus.radius_max=4.0", "data.colour.perm_prob=1.0"])
+                       "data.defocus.radius_max=4.0", "data.colour.perm_prob=1.0"], hr)
     b = task.sample_crops(16, torch.Generator().manual_seed(2))
     # sharp crops keep the uniform noise's spread; blurred ones lose most of it
     spread = b["hr"].std(dim=(1, 2, 3))

@@ -32,6 +32,8 @@ from itertools import permutations
 
 import torch
 
+from cascade.errors import ConfigError
+
 PERMUTATIONS = list(permutations(range(3)))
 
 
@@ -111,8 +113,6 @@ def check_defocus(cfg: DefocusAugConfig, where: str = "data.defocus") -> None:
     """A ConfigError for settings no crop can be drawn with (checked before training starts):
     ``prob`` in [0, 1], 0.5 <= ``radius_min`` <= ``radius_max`` <= 64 pixels (a disc under
     half a pixel is no blur)."""
-    from cascade.errors import ConfigError
-
     if not 0.0 <= cfg.prob <= 1.0:
         raise ConfigError(f"{where}.prob={cfg.prob}: use a probability in [0, 1]")
     if not 0.5 <= cfg.radius_min <= cfg.radius_max <= MAX_DEFOCUS_RADIUS:
