@@ -5,17 +5,25 @@ A tiny pipeline folder (``configs/tiny``: LAINR, ``sr3_x2`` conditioned by that 
 x2 (one stage, no LAINR step), x3 (LAINR x1.5, one stage), x4 (two stages, no LAINR step),
 x6.5 (LAINR, two stages, crop; tiled), LAINR alone (x2.5) and bicubic (x3), N = 2 samples
 each, on one CPU thread. Samples, mean and std must equal
-``tests/data/pipeline_regression.npz`` bit for bit (``atol=0``): restructuring the pipeline
-code must not change a single value.
+``tests/data/pipeline_regression.npz`` to ``ATOL``: restructuring the pipeline code must not
+change what it computes.
+
+Why not bit for bit: the last bits of float32 results depend on the CPU, through the vector
+kernels of PyTorch's matrix products and convolutions. The same code, weights and thread
+count differed from the recording (made on another machine) by up to 3.6e-7 on an Intel
+Xeon with AVX-512; capping its kernels with ``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``
+or ``MKL_CBWR`` did not restore the bits. ``ATOL`` = 1e-5 is 28 times that, and far below
+what a change of the computation does: the x4 run moves by 2.3e-4 when its input moves by
+1e-4, and by 0.07 with 3 sampling steps instead of 2.
 
 The recording was made with the code before the restructuring (issue 14), and made again
 when the lattice decoder began computing in blocks (issue 15: the same function in another
-order of float32 operations; values moved by ~1e-7), and again when the stages' sampler
-became ``dpm_karras`` and the chain's temperature cap was removed (issue 13: intended new
-values at every scale with a diffusion stage), and again when the local pixel path became a
-convolution (issue 15: values moved by ~2e-7), and again when the chain's default cap became
-0.97 (issue 13: new values at x4 and x6.5). To record again after an intended
-change of numerics: ``python tests/test_pipeline_regression.py``.
+order of float32 operations; values moved by ~1e-7, now within ``ATOL``), and again when
+the stages' sampler became ``dpm_karras`` and the chain's temperature cap was removed
+(issue 13: intended new values at every scale with a diffusion stage), and again when the
+local pixel path became a convolution (issue 15: values moved by ~2e-7), and again when the
+chain's default cap became 0.97 (issue 13: new values at x4 and x6.5). To record again after
+an intended change of numerics: ``python tests/test_pipeline_regression.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch
 from conftest import ROOT, TINY_SR3, TINY_UNET, tiny_lainr
 
 RECORDING = ROOT / "tests" / "data" / "pipeline_regression.npz"
+ATOL = 1e-5  # the CPU's last-bit differences pass, a change of the computation does not
 
 # name -> (scale, stages, extra settings)
 RUNS = {
@@ -113,7 +122,7 @@ def test_outputs_equal_the_recording(outputs, name):
             key = f"{name}/{part}"
             got, want = outputs[key], rec[key]
             assert got.shape == want.shape, key
-            np.testing.assert_array_equal(got, want, err_msg=key)
+            np.testing.assert_allclose(got, want, rtol=0, atol=ATOL, err_msg=key)
 
 
 if __name__ == "__main__":  # record (only after an intended change of numerics)
