@@ -110,18 +110,27 @@ def report_one(rec: dict, run: dict, truth: Path, pipe) -> tuple[dict, dict]:
 
 
 def panel(images: dict[str, torch.Tensor], row: dict, dest: Path, crop: int) -> Path:
+    from cascade.evaluation.figures import save_figure
+
+    return save_figure(panel_figure(images, row, crop), dest)
+
+
+def panel_figure(images: dict[str, torch.Tensor], row: dict, crop: int):
+    """The same ``crop`` of every image (the most detailed window of the ground truth), in
+    two rows under a title with the row's figures; maps get their own colour scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cascade.evaluation.figures import detailed_window, save_figure
+    from cascade.evaluation.figures import detailed_window
 
     hr = images["ground truth"]
     y, x = detailed_window(hr, crop)
     c = min(crop, *hr.shape[-2:])
     cols = (len(images) + 1) // 2
-    fig, axes = plt.subplots(2, cols, figsize=(3.3 * cols, 7.0), dpi=110)
+    # two rows of square crops 3.3 in wide, each under a title, below a two-line suptitle
+    fig, axes = plt.subplots(2, cols, figsize=(3.3 * cols, 7.8), dpi=110)
     for ax, (title, img) in zip(axes.flat, images.items()):
         part = img[..., y:y + c, x:x + c]
         if part.ndim == 2:  # a map: its own colour scale (99th percentile of the crop)
@@ -138,7 +147,7 @@ def panel(images: dict[str, torch.Tensor], row: dict, dest: Path, crop: int) -> 
                  f"{row['psnr_sample0']:.2f}; Spearman(std, |err|) {row['spearman']:.2f}",
                  fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, dest)
+    return fig
 
 
 def main() -> None:

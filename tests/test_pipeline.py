@@ -759,3 +759,35 @@ def test_upscale_writes_the_std_and_interval_maps_as_pixel_aligned_float_data(fo
     assert main(["upscale", str(img), "--scale", "2", "--stages", "inr", "--pipeline",
                  str(folder), "--out", str(out)]) == 0
     assert not [p for p in out.iterdir() if p.name.startswith(("photo_x2_std", "photo_x2_int"))]
+
+
+def test_uncertainty_panel_titles_clear_the_row_above():
+    """The panel's second-row titles sit below the first row's crops (a 7-inch figure drew
+    them over the crops' lower edge)."""
+    import runpy
+
+    import matplotlib.pyplot as plt
+
+    mod = runpy.run_path(str(ROOT / "scripts" / "uncertainty_report.py"))
+    g = torch.Generator().manual_seed(0)
+    names = ["ground truth", "bicubic", "LAINR", "mean of 4", "sample 0", "sample 1"]
+    images = {k: torch.rand(3, 256, 256, generator=g) for k in names}
+    images.update({k: torch.rand(256, 256, generator=g) for k in ("std", "|error| of mean")})
+    row = dict(image="photo", scale=4, plan="64x64 -> sr3_x2 x2 -> 128x128; note",
+               psnr_bicubic=24.0, psnr_lainr=25.0, psnr_mean=25.5, psnr_sample0=23.0,
+               spearman=0.5)
+    fig = mod["panel_figure"](images, row, 128)
+    try:
+        fig.canvas.draw()  # applies the crops' equal aspect: the axes shrink to the images
+        renderer = fig.canvas.get_renderer()
+        axes = fig.axes
+        assert [a.get_title() for a in axes] == list(images)
+        top, bottom = axes[:4], axes[4:]
+        lowest_image = min(a.get_window_extent(renderer).y0 for a in top)
+        for a in bottom:
+            assert a.title.get_window_extent(renderer).y1 <= lowest_image, a.get_title()
+        suptitle = fig._suptitle.get_window_extent(renderer)
+        for a in top:
+            assert a.title.get_window_extent(renderer).y1 <= suptitle.y0, a.get_title()
+    finally:
+        plt.close(fig)
